@@ -1,0 +1,46 @@
+//! The PostgreSQL event store of eventledger, the relay that carries it to NATS
+//! JetStream, and the process plumbing that every eventledger binary shares.
+//!
+//! # Layout
+//!
+//! - [`envelope`]: what is written ([`NewEvent`], [`Metadata`]) and what is read back
+//!   ([`RecordedEvent`], the envelope of API.md).
+//! - [`append`]: atomic appends over one or more streams with expected versions, one at a
+//!   time or many in one transaction (group commit).
+//! - [`read`]: a stream in version order, the whole log from a position, the head.
+//! - [`relay`]: publishes committed events to JetStream in position order.
+//! - [`process`]: configuration, database bootstrap, logging, health and metrics
+//!   endpoints, shutdown; shared by `command-api`, `projector` and `query-api`.
+//!
+//! # Guarantees
+//!
+//! 1. An append is all or nothing, over every stream it names, and every stream's
+//!    expected version is checked under the same lock that hands out positions: a
+//!    conflict is reported, never merged.
+//! 2. Positions are gap-free and follow commit order. One row (`event_store_head`) is
+//!    locked and advanced inside every append transaction, so appends are serialised and
+//!    a rolled-back append leaves no hole. Readers assert it: [`read`] checks that every
+//!    position follows the one before.
+//! 3. An event id is stored at most once; a second append of it is rejected.
+//! 4. Stream versions are contiguous from 1; [`read::EventStore::read_stream`] asserts it.
+
+pub mod append;
+pub mod envelope;
+pub mod error;
+pub mod process;
+pub mod read;
+pub mod relay;
+
+pub use append::{AppendOutcome, AppendRejection, AppendRequest, ExpectedVersion, StreamWrite};
+pub use envelope::{Metadata, NewEvent, RecordedEvent};
+pub use error::{AppendError, StoreError, error_chain};
+pub use read::EventStore;
+
+/// Every migration of the workspace's `migrations/` folder: the event store's tables and
+/// the read models'. Each binary applies them on start; tests name it in
+/// `#[sqlx::test(migrator = "event_store::MIGRATOR")]`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The PostgreSQL channel on which every append announces its last position, so that
+/// the relay and live readers wake at once instead of polling.
+pub const APPENDED_CHANNEL: &str = "eventledger_appended";

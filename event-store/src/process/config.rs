@@ -1,0 +1,35 @@
+//! The settings every process shares (API.md, "Processes and configuration"). Each
+//! binary flattens [`CommonConfig`] into its own clap struct; a flag wins over the
+//! environment variable of the same meaning.
+
+/// Settings shared by `command-api`, `projector` and `query-api`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// PostgreSQL URL. The database is created if missing and migrated on start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/eventledger"
+    )]
+    pub database_url: String,
+
+    /// Most connections this process keeps open to PostgreSQL.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// NATS URL of a server with JetStream enabled.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Log lines as human-readable text or as one JSON object per line. The level is
+    /// taken from `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,33 @@
+//! What every eventledger process does the same way: read its configuration, create
+//! and migrate its database, connect to NATS, log, serve `/healthz`, `/readyz` and
+//! `/metrics`, and stop cleanly on SIGTERM or ctrl-c. One place, so that the three
+//! binaries cannot drift apart in how they are operated.
+
+pub mod config;
+pub mod database;
+pub mod nats;
+pub mod ops;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{CommonConfig, LogFormat};
+pub use ops::{Readiness, ops_router};
+pub use shutdown::shutdown_signal;
+
+/// Why a process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("could not reach or create the database")]
+    Database(#[source] sqlx::Error),
+    #[error("could not apply the migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("could not set up the NATS connection")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("could not listen on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

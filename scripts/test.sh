@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test suite in one command: makes PostgreSQL and NATS reachable (installing and
+# starting them when needed), then runs every test of the workspace against them. Each
+# test gets a fresh database and its own JetStream stream, so tests run in parallel.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+"$root/scripts/services.sh"
+
+# `#[sqlx::test]` creates one database per test through this server-level URL.
+export DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
+
+cargo test --workspace --locked "$@"
