@@ -184,30 +184,7 @@ pub async fn append_batch_in(
             .fetch_one(&mut *connection)
             .await?;
 
-    let stream_ids: Vec<String> = requests
-        .iter()
-        .flat_map(|request| request.writes.iter().map(|write| write.stream_id.clone()))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let mut versions: HashMap<String, u64> = current_versions(connection, &stream_ids).await?;
-
-    let event_ids: Vec<Uuid> = requests
-        .iter()
-        .flat_map(|request| {
-            request
-                .writes
-                .iter()
-                .flat_map(|write| write.events.iter().map(|event| event.event_id))
-        })
-        .collect();
-    let mut stored_ids: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
-            .bind(&event_ids)
-            .fetch_all(&mut *connection)
-            .await?
-            .into_iter()
-            .collect();
+    let (mut versions, mut stored_ids) = current_state(connection, requests).await?;
 
     let mut columns = Columns::default();
     let mut next_position = head;
@@ -247,17 +224,7 @@ pub async fn append_batch_in(
     }
 
     if next_position > head {
-        insert(connection, columns, recorded_at).await?;
-        sqlx::query("UPDATE event_store_head SET position = $1")
-            .bind(next_position)
-            .execute(&mut *connection)
-            .await?;
-        // Delivered at commit, and only if the transaction commits.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(crate::APPENDED_CHANNEL)
-            .bind(next_position.to_string())
-            .execute(&mut *connection)
-            .await?;
+        write(connection, columns, recorded_at, next_position).await?;
         metrics::counter!("event_store_events_appended_total").increment((next_position - head) as u64);
     }
     Ok(outcomes)
@@ -322,22 +289,47 @@ fn admit(
     Ok(())
 }
 
-/// Each stream's current version (0 for a new stream), one index probe per stream.
-async fn current_versions(
+/// Under the head lock, in one round trip: each named stream's current version (0 for
+/// a new stream, one index probe each) and which of the requests' event ids are stored.
+async fn current_state(
     connection: &mut PgConnection,
-    stream_ids: &[String],
-) -> Result<HashMap<String, u64>, StoreError> {
-    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT s.id, (SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.id) \
-         FROM unnest($1::text[]) AS s(id)",
+    requests: &[AppendRequest],
+) -> Result<(HashMap<String, u64>, HashSet<Uuid>), StoreError> {
+    let stream_ids: Vec<&str> = requests
+        .iter()
+        .flat_map(|request| request.writes.iter().map(|write| write.stream_id.as_str()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let event_ids: Vec<Uuid> = requests
+        .iter()
+        .flat_map(|request| request.writes.iter().flat_map(|write| &write.events))
+        .map(|event| event.event_id)
+        .collect();
+    let rows: Vec<(Option<String>, Option<i64>, Option<Uuid>)> = sqlx::query_as(
+        "SELECT s.id, (SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.id), NULL::uuid \
+         FROM unnest($1::text[]) AS s(id) \
+         UNION ALL \
+         SELECT NULL, NULL, event_id FROM events WHERE event_id = ANY($2)",
     )
-    .bind(stream_ids)
+    .bind(&stream_ids)
+    .bind(&event_ids)
     .fetch_all(&mut *connection)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(stream_id, version)| (stream_id, version.map_or(0, |version| version as u64)))
-        .collect())
+    let mut versions = HashMap::with_capacity(stream_ids.len());
+    let mut stored_ids = HashSet::new();
+    for row in rows {
+        match row {
+            (Some(stream_id), version, _) => {
+                versions.insert(stream_id, version.map_or(0, |version| version as u64));
+            }
+            (None, _, Some(event_id)) => {
+                stored_ids.insert(event_id);
+            }
+            (None, _, None) => {}
+        }
+    }
+    Ok((versions, stored_ids))
 }
 
 impl Columns {
@@ -362,18 +354,25 @@ impl Columns {
     }
 }
 
-/// One multi-row insert for the whole batch: a round trip per batch, not per event.
-async fn insert(
+/// The whole batch in one statement and one round trip: the multi-row insert, the new
+/// head, and the notification (delivered at commit, and only if the transaction commits).
+async fn write(
     connection: &mut PgConnection,
     columns: Columns,
     recorded_at: DateTime<Utc>,
+    new_head: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO events \
-             (position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, recorded_at) \
-         SELECT position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, $9 \
-         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
-             AS t(position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata)",
+        "WITH inserted AS ( \
+             INSERT INTO events \
+                 (position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, recorded_at) \
+             SELECT position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, $9 \
+             FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
+                 AS t(position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
+         ), head AS ( \
+             UPDATE event_store_head SET position = $10 \
+         ) \
+         SELECT pg_notify($11, $12)",
     )
     .bind(columns.position)
     .bind(columns.event_id)
@@ -384,6 +383,9 @@ async fn insert(
     .bind(columns.data)
     .bind(columns.metadata)
     .bind(recorded_at)
+    .bind(new_head)
+    .bind(crate::APPENDED_CHANNEL)
+    .bind(new_head.to_string())
     .execute(connection)
     .await?;
     Ok(())

@@ -9,6 +9,8 @@
 //!   time or many in one transaction (group commit).
 //! - [`read`]: a stream in version order, the whole log from a position, the head.
 //! - [`relay`]: publishes committed events to JetStream in position order.
+//! - [`subscription`]: the durable JetStream pull consumer that reads what the relay
+//!   published, in batches.
 //! - [`process`]: configuration, database bootstrap, logging, health and metrics
 //!   endpoints, shutdown; shared by `command-api`, `projector` and `query-api`.
 //!
@@ -30,6 +32,7 @@ pub mod error;
 pub mod process;
 pub mod read;
 pub mod relay;
+pub mod subscription;
 
 pub use append::{AppendOutcome, AppendRejection, AppendRequest, ExpectedVersion, StreamWrite};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};

@@ -20,7 +20,9 @@ const DUPLICATE_DATABASE: &str = "42P04";
 /// Creates the database if missing, connects a pool and applies the migrations.
 /// Migrations take an advisory lock, so processes starting together do not collide.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
-    let exists = Postgres::database_exists(url).await.map_err(StartupError::Database)?;
+    let exists = Postgres::database_exists(url)
+        .await
+        .map_err(StartupError::Database)?;
     if !exists && let Err(error) = Postgres::create_database(url).await {
         let raced = error
             .as_database_error()

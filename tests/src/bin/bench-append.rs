@@ -1,6 +1,7 @@
 //! Append throughput of the event store: events/s for 1, 10 and 100 events per append,
 //! from 1 and 16 concurrent writers, next to PostgreSQL's plain single-row INSERT commit
-//! rate measured in the same run. Prints a Markdown table.
+//! rate measured in the same run, and the group commit the command API uses (many
+//! single-event requests per transaction). Prints a Markdown table.
 //!
 //! `cargo run --release -p tests --bin bench-append -- --seconds 5`
 
@@ -85,6 +86,33 @@ async fn main() -> anyhow::Result<()> {
                 appends * per_append as f64
             );
         }
+    }
+    // What the command API's group commit does: many independent single-event requests,
+    // each with its own expected version, in one transaction.
+    for requests_per_batch in [10, 100] {
+        let store = store.clone();
+        let batches = rate(1, duration, move |_| {
+            let store = store.clone();
+            async move {
+                let requests: Vec<AppendRequest> = (0..requests_per_batch)
+                    .map(|_| {
+                        AppendRequest::single(
+                            format!("account-{}", Uuid::now_v7()),
+                            ExpectedVersion::NoStream,
+                            events(1),
+                        )
+                    })
+                    .collect();
+                store.append_batch(&requests).await?;
+                Ok(1)
+            }
+        })
+        .await?;
+        println!(
+            "| group commit of {requests_per_batch} single-event requests | 1 | 1 | {:.0} | {:.0} |",
+            batches * requests_per_batch as f64,
+            batches * requests_per_batch as f64
+        );
     }
     database.drop_now().await?;
     Ok(())
