@@ -33,6 +33,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder is installed, in which case ours just renders
             // nothing; not a reason to stop the process.
             let _ = metrics::set_global_recorder(recorder);
+            // Always present, so a scrape tells which version runs even before traffic.
+            metrics::gauge!("eventledger_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
