@@ -11,4 +11,6 @@ cd "$root"
 export DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 
+# The end-to-end tests start the real binaries, so build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

@@ -4,6 +4,9 @@
 //!
 //! - [`bench`]: throwaway benchmark databases and the machine-limit baselines
 //!   (PostgreSQL's commit rate) that every benchmark reports its figures against.
+//! - [`harness`]: the real binaries on free ports, with a fresh database and stream
+//!   per test, for end-to-end tests that stop, kill and restart them.
 //! - `src/bin/bench-append.rs`: the event store's append throughput.
 
 pub mod bench;
+pub mod harness;

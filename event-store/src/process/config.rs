@@ -21,6 +21,15 @@ pub struct CommonConfig {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// The JetStream stream that carries the events (API.md: `LEDGER_EVENTS`). Tests and
+    /// side-by-side deployments give each system its own.
+    #[arg(long, env = "EVENTS_STREAM", default_value = crate::relay::STREAM_NAME)]
+    pub events_stream: String,
+
+    /// Subjects are `<prefix>.<stream category>.<uuid>` (API.md: `ledger.events`).
+    #[arg(long, env = "EVENTS_SUBJECT_PREFIX", default_value = crate::relay::SUBJECT_PREFIX)]
+    pub events_subject_prefix: String,
+
     /// Log lines as human-readable text or as one JSON object per line. The level is
     /// taken from `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -32,4 +41,15 @@ pub struct CommonConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl CommonConfig {
+    /// The relay's settings for this process's stream and subject prefix.
+    pub fn relay_config(&self, name: impl Into<String>) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            stream_name: self.events_stream.clone(),
+            subject_prefix: self.events_subject_prefix.clone(),
+            ..crate::relay::RelayConfig::new(name)
+        }
+    }
 }

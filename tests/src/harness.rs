@@ -1,0 +1,253 @@
+//! Running the real eventledger binaries for end-to-end tests: each test gets a fresh
+//! database, its own JetStream stream and subject prefix, and processes on free ports
+//! that it can stop with SIGTERM, kill -9 and start again. Everything a test creates is
+//! removed when its [`System`] is dropped or shut down.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::Postgres;
+use sqlx::migrate::MigrateDatabase;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// How long a process may take from spawn to answering `/readyz` with 200: migrations
+/// and the first NATS connection included, on a loaded 2-core machine.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The three processes of the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binary {
+    CommandApi,
+    QueryApi,
+    Projector,
+}
+
+impl Binary {
+    pub const ALL: [Binary; 3] = [Binary::CommandApi, Binary::QueryApi, Binary::Projector];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CommandApi => "command-api",
+            Self::QueryApi => "query-api",
+            Self::Projector => "projector",
+        }
+    }
+
+    fn address_variable(self) -> &'static str {
+        match self {
+            Self::CommandApi => "COMMAND_API_ADDR",
+            Self::QueryApi => "QUERY_API_ADDR",
+            Self::Projector => "PROJECTOR_ADDR",
+        }
+    }
+}
+
+/// Where cargo put the workspace's binaries: next to the running test's own directory
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<binary>`).
+pub fn binary_path(binary: Binary) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable is not under target/<profile>/deps")?;
+    let path = profile_dir.join(binary.name());
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn free_address() -> anyhow::Result<String> {
+    // The port is released before the process binds it; another process could take it
+    // in between, which on a test machine is rare enough to accept.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// One running binary, restartable with the same settings.
+pub struct Process {
+    pub binary: Binary,
+    pub address: String,
+    environment: HashMap<String, String>,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(binary_path(self.binary)?)
+            .envs(&self.environment)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Logs go to the test's stderr so a failing test shows them.
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.name()))?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    /// Waits until `/readyz` answers 200, or fails if the process exits first.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("{} exited before it was ready: {status}", self.binary.name());
+            }
+            let ready = client
+                .get(self.url("/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} was not ready within {READY_TIMEOUT:?}", self.binary.name());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or an OOM kill.
+    pub async fn kill_hard(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub async fn terminate(&mut self) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        let Some(pid) = child.id() else {
+            return Ok(child.wait().await?.success());
+        };
+        let sent = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+        if !sent.success() {
+            bail!("could not send SIGTERM to {}", self.binary.name());
+        }
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .with_context(|| format!("{} did not stop after SIGTERM", self.binary.name()))??;
+        Ok(status.success())
+    }
+
+    /// Starts the process again with the same settings and waits until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill_hard().await?;
+        self.spawn().await
+    }
+}
+
+/// A whole system for one test: a fresh database, a JetStream stream and subject prefix
+/// of its own, and the three processes.
+pub struct System {
+    pub database_url: String,
+    pub stream_name: String,
+    pub subject_prefix: String,
+    pub nats_url: String,
+    processes: HashMap<Binary, Process>,
+}
+
+impl System {
+    /// Starts every process in `binaries` against a fresh database and stream.
+    pub async fn start(binaries: &[Binary]) -> anyhow::Result<Self> {
+        let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        let id = Uuid::now_v7().simple().to_string();
+        let database_url = format!("{base}/eventledger_e2e_{id}");
+        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let mut system = Self {
+            database_url,
+            stream_name: format!("E2E_{id}"),
+            subject_prefix: format!("e2e.{id}"),
+            nats_url,
+            processes: HashMap::new(),
+        };
+        for &binary in binaries {
+            system.add(binary).await?;
+        }
+        Ok(system)
+    }
+
+    fn environment(&self) -> HashMap<String, String> {
+        [
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("NATS_URL", self.nats_url.as_str()),
+            ("EVENTS_STREAM", self.stream_name.as_str()),
+            ("EVENTS_SUBJECT_PREFIX", self.subject_prefix.as_str()),
+            ("DATABASE_MAX_CONNECTIONS", "8"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+    }
+
+    /// Starts one more process and waits until it is ready.
+    pub async fn add(&mut self, binary: Binary) -> anyhow::Result<()> {
+        let address = free_address()?;
+        let mut environment = self.environment();
+        environment.insert(binary.address_variable().to_owned(), address.clone());
+        let mut process = Process {
+            binary,
+            address,
+            environment,
+            child: None,
+        };
+        process.spawn().await?;
+        self.processes.insert(binary, process);
+        Ok(())
+    }
+
+    pub fn process(&mut self, binary: Binary) -> anyhow::Result<&mut Process> {
+        self.processes
+            .get_mut(&binary)
+            .with_context(|| format!("{} was not started", binary.name()))
+    }
+
+    pub fn url(&self, binary: Binary, path: &str) -> String {
+        self.processes
+            .get(&binary)
+            .map_or_else(String::new, |process| process.url(path))
+    }
+
+    /// Stops every process with SIGTERM (returning whether all exited cleanly), then
+    /// removes the database and the stream.
+    pub async fn shut_down(mut self) -> anyhow::Result<bool> {
+        let mut clean = true;
+        for process in self.processes.values_mut() {
+            clean &= process.terminate().await?;
+        }
+        self.remove_resources().await?;
+        Ok(clean)
+    }
+
+    async fn remove_resources(&self) -> anyhow::Result<()> {
+        if Postgres::database_exists(&self.database_url).await? {
+            Postgres::force_drop_database(&self.database_url).await?;
+        }
+        let client = async_nats::connect(&self.nats_url).await?;
+        // The stream exists only once the relay ran; a missing one is fine.
+        let _ = async_nats::jetstream::new(client).delete_stream(&self.stream_name).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! End to end, across the real processes: commands go in through `command-api`, travel
+//! through PostgreSQL, the relay and JetStream to the `projector`, and come out of
+//! `query-api`; the audit log shows who did what; a rebuild gives the same answers; and
+//! killing any process loses nothing. Needs the binaries built (scripts/test.sh does).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::harness::{Binary, System};
+
+/// How long a read waits for the projection to include a write (`wait_ms`): generous,
+/// since a restarted projector first catches up.
+const WAIT_MS: u64 = 10_000;
+
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    async fn post(&self, url: &str, body: Value, correlation_id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(url)
+            .header("X-Correlation-Id", correlation_id)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, url: &str) -> (u16, Value) {
+        let response = self.http.get(url).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn position(answer: &Value) -> i64 {
+    answer["position"].as_i64().expect("position in command answer")
+}
+
+async fn open_account(system: &System, client: &Client, name: &str, correlation_id: &str) -> (String, i64) {
+    let (status, answer) = client
+        .post(
+            &system.url(Binary::CommandApi, "/accounts"),
+            json!({ "owner": { "name": name, "email": format!("{}@example.com", name.to_lowercase()) }, "currency": "EUR" }),
+            correlation_id,
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["account_id"].as_str().expect("account_id").to_owned();
+    (id, position(&answer))
+}
+
+async fn balance_at(system: &System, client: &Client, account_id: &str, min_position: i64) -> i64 {
+    let url = system.url(
+        Binary::QueryApi,
+        &format!("/accounts/{account_id}?min_position={min_position}&wait_ms={WAIT_MS}"),
+    );
+    let (status, answer) = client.get(&url).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["balance"].as_i64().expect("balance")
+}
+
+#[tokio::test]
+async fn every_process_starts_against_a_fresh_database_and_stops_cleanly_on_sigterm() {
+    let system = System::start(&Binary::ALL).await.expect("system");
+    let client = Client::new();
+    for binary in Binary::ALL {
+        let (status, _) = client.get(&system.url(binary, "/healthz")).await;
+        assert_eq!(status, 200, "{}", binary.name());
+    }
+    assert!(system.shut_down().await.expect("shut down"), "every process exits 0 on SIGTERM");
+}
+
+#[tokio::test]
+async fn a_command_flows_through_to_the_read_models_the_audit_log_and_a_rebuild() {
+    let mut system = System::start(&Binary::ALL).await.expect("system");
+    let client = Client::new();
+    let correlation_id = format!("e2e-{}", uuid::Uuid::now_v7());
+
+    let (alice, _) = open_account(&system, &client, "Alice", &correlation_id).await;
+    let (bob, _) = open_account(&system, &client, "Bob", &correlation_id).await;
+    let (status, deposit) = client
+        .post(
+            &system.url(Binary::CommandApi, &format!("/accounts/{alice}/deposits")),
+            json!({ "amount": 10_000, "reference": "salary" }),
+            &correlation_id,
+        )
+        .await;
+    assert_eq!(status, 200, "{deposit}");
+    let (status, transfer) = client
+        .post(
+            &system.url(Binary::CommandApi, "/transfers"),
+            json!({ "from_account_id": alice, "to_account_id": bob, "amount": 2_500, "reference": "rent" }),
+            &correlation_id,
+        )
+        .await;
+    assert_eq!(status, 201, "{transfer}");
+    let last = position(&transfer);
+
+    assert_eq!(balance_at(&system, &client, &alice, last).await, 7_500);
+    assert_eq!(balance_at(&system, &client, &bob, last).await, 2_500);
+
+    // The audit log holds every event of this interaction, in order, with who and why.
+    let (status, audit) = client
+        .get(&system.url(Binary::QueryApi, &format!("/audit/events?correlation_id={correlation_id}")))
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let items = audit["items"].as_array().expect("items");
+    let types: Vec<&str> = items.iter().filter_map(|item| item["event_type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["AccountOpened", "AccountOpened", "FundsDeposited", "TransferDebited", "TransferCredited", "TransferExecuted"]
+    );
+    for item in items {
+        assert_eq!(item["metadata"]["correlation_id"], correlation_id.as_str());
+        assert!(item["metadata"]["actor"].as_str().is_some_and(|actor| !actor.is_empty()));
+    }
+
+    // A rebuild replays the log and gives the same answers.
+    let (_, before) = client.get(&system.url(Binary::QueryApi, &format!("/accounts/{alice}"))).await;
+    let (status, rebuilt) = client
+        .post(&system.url(Binary::Projector, "/projections/accounts/rebuild"), json!({}), &correlation_id)
+        .await;
+    assert!((200..300).contains(&status), "{status} {rebuilt}");
+    let (_, after) = client
+        .get(&system.url(Binary::QueryApi, &format!("/accounts/{alice}?min_position={last}&wait_ms={WAIT_MS}")))
+        .await;
+    assert_eq!(before, after);
+
+    // Kill each process in turn, keep writing, and lose nothing.
+    let mut expected_alice = 7_500;
+    let mut last = last;
+    for binary in Binary::ALL {
+        system.process(binary).expect("process").restart().await.expect("restart");
+        let (status, answer) = client
+            .post(
+                &system.url(Binary::CommandApi, &format!("/accounts/{alice}/deposits")),
+                json!({ "amount": 100 }),
+                &correlation_id,
+            )
+            .await;
+        assert_eq!(status, 200, "after restarting {}: {answer}", binary.name());
+        expected_alice += 100;
+        last = position(&answer);
+        assert_eq!(balance_at(&system, &client, &alice, last).await, expected_alice, "after {}", binary.name());
+    }
+    assert_eq!(balance_at(&system, &client, &bob, last).await, 2_500);
+    system.shut_down().await.expect("shut down");
+}
