@@ -2,11 +2,20 @@
 # The whole system in one command: makes PostgreSQL and NATS reachable (installing and
 # starting them when needed), builds the three processes, starts them, waits until each
 # is ready, prints where they are, and stops what it started on ctrl-c. A process that
-# already answers on its address is reused, not started twice.
+# already answers on its address is reused, not started twice, and left running; so is a
+# PostgreSQL or NATS that was already running.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-"$root/scripts/services.sh"
+started_services=
+[ -f "$root/.local/postgres/postmaster.pid" ] || [ -f "$root/.local/nats/server.pid" ] || started_services=maybe
+"$root/scripts/services.sh" start
+# Private instances that exist now but did not before were started by this run.
+if [ -n "$started_services" ] && { [ -f "$root/.local/postgres/postmaster.pid" ] || [ -f "$root/.local/nats/server.pid" ]; }; then
+  started_services=yes
+else
+  started_services=
+fi
 
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/eventledger}
 export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
@@ -22,6 +31,7 @@ mkdir -p "$log_dir"
 started=()
 stop() {
   [ ${#started[@]} -eq 0 ] || { echo; echo "stopping ${#started[@]} process(es)"; kill "${started[@]}" 2>/dev/null || true; wait "${started[@]}" 2>/dev/null || true; }
+  [ -z "$started_services" ] || "$root/scripts/services.sh" stop
 }
 trap stop EXIT
 trap 'exit 130' INT TERM

@@ -3,7 +3,10 @@
 # machine: when a service does not answer at its configured address, installs it from
 # Debian's packages if missing and starts a private instance whose data lives under
 # .local/ in this checkout (ignored by git). A service that already answers is used as
-# it is and never touched. Source it or run it; it exports nothing but prints what it did.
+# it is and never touched.
+#
+#   scripts/services.sh            make both reachable (the default)
+#   scripts/services.sh stop       stop the private instances under .local/, and only those
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -81,5 +84,23 @@ ensure_nats() {
   wait_for NATS "$host" "$port" 30
 }
 
-ensure_postgres
-ensure_nats
+stop_private() {
+  local bin data="$local_dir/postgres" pid_file="$local_dir/nats/server.pid"
+  if [ -f "$data/postmaster.pid" ]; then
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    echo "services: stopping the private PostgreSQL"
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$bin/pg_ctl" -D "$data" -m fast stop >/dev/null
+    else "$bin/pg_ctl" -D "$data" -m fast stop >/dev/null; fi
+  fi
+  if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "services: stopping the private NATS"
+    kill "$(cat "$pid_file")"
+    rm -f "$pid_file"
+  fi
+}
+
+case "${1:-start}" in
+  start) ensure_postgres; ensure_nats ;;
+  stop) stop_private ;;
+  *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac
