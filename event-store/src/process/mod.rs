@@ -3,6 +3,7 @@
 //! `/metrics`, and stop cleanly on SIGTERM or ctrl-c. One place, so that the three
 //! binaries cannot drift apart in how they are operated.
 
+pub mod auth;
 pub mod config;
 pub mod database;
 pub mod nats;
