@@ -8,6 +8,7 @@
 //! - [`append`]: atomic appends over one or more streams with expected versions, one at a
 //!   time or many in one transaction (group commit).
 //! - [`read`]: a stream in version order, the whole log from a position, the head.
+//! - [`pii`]: personal data sealed under per-account keys, erased by destroying the key.
 //! - [`relay`]: publishes committed events to JetStream in position order.
 //! - [`subscription`]: the durable JetStream pull consumer that reads what the relay
 //!   published, in batches.
@@ -29,6 +30,7 @@
 pub mod append;
 pub mod envelope;
 pub mod error;
+pub mod pii;
 pub mod process;
 pub mod read;
 pub mod relay;
