@@ -13,14 +13,11 @@ export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 cargo build --release --locked --workspace --bins
 "$root/target/release/loadgen" --start-system --report-dir "$root/bench-results" "$@"
 
-python3 - "$root/README.md" "$root/bench-results/report.md" <<'PY'
-import sys
-readme_path, report_path = sys.argv[1], sys.argv[2]
-readme, report = open(readme_path).read(), open(report_path).read()
-begin, end = "<!-- loadgen:begin -->", "<!-- loadgen:end -->"
-if begin in readme and end in readme:
-    head, rest = readme.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    open(readme_path, "w").write(f"{head}{begin}\n{report}{end}{tail}")
-    print("README.md: Performance section updated")
-PY
+# Replace what stands between the markers in README.md with the new table.
+readme="$root/README.md"
+awk -v report="$root/bench-results/report.md" '
+  /<!-- loadgen:begin -->/ { print; while ((getline line < report) > 0) print line; skipping = 1; next }
+  /<!-- loadgen:end -->/ { skipping = 0 }
+  !skipping { print }
+' "$readme" > "$readme.new" && mv "$readme.new" "$readme"
+echo "README.md: Performance section updated from bench-results/report.md"
