@@ -4,16 +4,50 @@
 //! # Layout
 //!
 //! - [`Config`]: flags and environment.
-//! - [`run`]: connects, migrates, starts the relay and serves until shutdown.
+//! - [`run`]: connects, migrates, starts the committer, the relay and the idempotency
+//!   purge, and serves until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
+//! - [`handlers`]: one function per command endpoint of API.md; [`dto`] their bodies.
+//! - [`extract`]: body and header parsing into problems; [`correlation`]: the
+//!   `X-Correlation-Id` middleware.
+//! - [`committer`]: decides against cached state and appends with group commit; [`cache`]
+//!   is its bounded account cache.
+//! - [`idempotency`]: `Idempotency-Key` storage, replay and purge.
+//! - [`error`]: every failure as an `application/problem+json` answer.
+//! - [`openapi`]: the document at `GET /openapi.json`.
 
+pub mod cache;
+pub mod committer;
+pub mod correlation;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod idempotency;
+pub mod openapi;
+
+use std::any::Any;
 use std::future::Future;
+use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
 use event_store::EventStore;
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
 use event_store::relay::{self, RelayConfig};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::committer::{CommandBus, CommitterSettings};
+use crate::error::ApiError;
+use crate::extract::MAX_BODY_BYTES;
+use crate::idempotency::InFlight;
 
 /// The command API's settings; every flag also reads the environment variable named.
 #[derive(Debug, Clone, clap::Parser)]
@@ -39,17 +73,78 @@ pub enum RunError {
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: EventStore,
     pub readiness: Readiness,
+    /// The committer's queue and cache.
+    pub commands: CommandBus,
+    /// Idempotency keys whose first request is running on this instance.
+    pub in_flight: InFlight,
 }
 
-/// The command API's routes.
+impl AppState {
+    /// The state over `store`, with a new committer. The committer stops once every clone
+    /// of the state is dropped; await the handle to let it answer what was queued.
+    pub fn new(store: EventStore, readiness: Readiness) -> (Self, JoinHandle<()>) {
+        Self::with_settings(store, readiness, CommitterSettings::default())
+    }
+
+    /// As [`AppState::new`], with other bounds (tests use a tiny queue to see it fill).
+    pub fn with_settings(
+        store: EventStore,
+        readiness: Readiness,
+        settings: CommitterSettings,
+    ) -> (Self, JoinHandle<()>) {
+        let (commands, committer) = committer::spawn(store, settings);
+        (
+            Self {
+                readiness,
+                commands,
+                in_flight: InFlight::default(),
+            },
+            committer,
+        )
+    }
+}
+
+/// The command API's routes: the commands of API.md, `GET /openapi.json`, and the
+/// operational endpoints.
 pub fn app(state: AppState) -> Router {
-    process::ops_router(state.readiness.clone())
+    let readiness = state.readiness.clone();
+    let (commands, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(handlers::open_account))
+        .routes(routes!(handlers::deposit))
+        .routes(routes!(handlers::withdraw))
+        .routes(routes!(handlers::freeze))
+        .routes(routes!(handlers::unfreeze))
+        .routes(routes!(handlers::close))
+        .routes(routes!(handlers::erase_personal_data))
+        .routes(routes!(handlers::transfer))
+        .split_for_parts();
+    openapi::complete(&mut document);
+    let document = Arc::new(document);
+    commands
+        .with_state(state)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .merge(process::ops_router(readiness))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(correlation::correlate))
+        .layer(CatchPanicLayer::custom(panic_to_problem))
+}
+
+/// A panic is a bug; the client still gets a problem body, never a dropped connection.
+fn panic_to_problem(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    ApiError::Internal("a handler panicked".to_owned()).into_response()
 }
 
 /// Connects to PostgreSQL (creating and migrating the database) and NATS, starts the
-/// relay, and serves until `shutdown` completes.
+/// committer, the relay and the idempotency purge, and serves until `shutdown` completes.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -70,13 +165,15 @@ pub async fn run(
         RelayConfig::new("ledger-events"),
         stop.clone(),
     ));
+    let purge = tokio::spawn(idempotency::purge_periodically(pool.clone(), stop.clone()));
 
-    let state = AppState {
-        store,
-        readiness: Readiness { pool, nats },
-    };
+    let (state, committer) = AppState::new(store, Readiness { pool, nats });
     let served = process::serve::serve(listener, app(state), shutdown).await;
+    // The router and with it every handle to the committer are gone: it answers what is
+    // queued and stops. Only then stop the relay, so it publishes those commits too.
+    let _ = committer.await;
     stop.cancel();
     let _ = relay.await;
+    let _ = purge.await;
     served.map_err(RunError::Serve)
 }

@@ -1,0 +1,286 @@
+//! Reading a request into what a command needs, with every failure as an [`ApiError`]
+//! so that bad input gets the same problem body as any other refusal (axum's own
+//! rejections would answer plain text with their own statuses).
+//!
+//! - [`JsonBody`]: the body, checked for its content type and size, parsed strictly
+//!   (unknown fields refused by the request types), and kept in a canonical form for the
+//!   idempotency fingerprint.
+//! - [`CommandHeaders`]: `X-Correlation-Id`, `Idempotency-Key`, `If-Match` and
+//!   `traceparent`.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::correlation::CorrelationId;
+use crate::error::ApiError;
+
+/// The largest body accepted, in bytes (API.md: over 64 KiB is 413). The largest real
+/// command (an account with a 200-character name and a 254-character email) is well
+/// under 2 KiB; the rest is room for clients, not for abuse.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest `Idempotency-Key`, in characters (API.md).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// The longest `X-Correlation-Id` accepted: a UUID is 36, a W3C trace id 32; 128 leaves
+/// room for other schemes while keeping every event's metadata small.
+pub const MAX_CORRELATION_ID_CHARS: usize = 128;
+
+/// The header that carries the correlation id in and out.
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+/// The header that names an idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The header set on a replayed answer.
+pub const IDEMPOTENT_REPLAYED_HEADER: &str = "idempotent-replayed";
+/// W3C trace context, carried into event metadata when present.
+const TRACEPARENT_HEADER: &str = "traceparent";
+/// The longest `traceparent` kept: the W3C format is 55 characters.
+const MAX_TRACEPARENT_CHARS: usize = 128;
+
+/// A command body: the typed request and its canonical JSON (keys sorted, no
+/// whitespace), so that two bodies that mean the same share an idempotency fingerprint.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    pub canonical: Vec<u8>,
+}
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().map(is_json_media_type).unwrap_or(false));
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit_bytes: MAX_BODY_BYTES,
+                }
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+        parse_body(declared_json, &bytes)
+    }
+}
+
+/// Parses `bytes` as `T`. An empty body with no content type means `{}`, so that the
+/// commands whose fields are all optional (`freeze`, `close`, ...) need no body.
+fn parse_body<T: DeserializeOwned>(
+    declared_json: Option<bool>,
+    bytes: &[u8],
+) -> Result<JsonBody<T>, ApiError> {
+    let raw: &[u8] = match declared_json {
+        None if bytes.is_empty() => b"{}",
+        Some(true) => bytes,
+        None | Some(false) => return Err(ApiError::UnsupportedMediaType),
+    };
+    // Parse once into a value, for the canonical form, then into the type: a syntax
+    // error and a shape error are different problems for the client.
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+    let canonical = serde_json::to_vec(&value).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+    let typed = serde_json::from_value(value).map_err(|error| ApiError::InvalidBody(error.to_string()))?;
+    Ok(JsonBody {
+        value: typed,
+        canonical,
+    })
+}
+
+/// `application/json`, or any `application/<something>+json`, with any parameters.
+fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The headers every command reads.
+#[derive(Debug, Clone)]
+pub struct CommandHeaders {
+    /// The client's `X-Correlation-Id`, or a new UUIDv7; echoed in the answer.
+    pub correlation_id: String,
+    /// The client's `Idempotency-Key`, checked for length and characters.
+    pub idempotency_key: Option<String>,
+    /// `If-Match: "<n>"`: the account version the client expects; `None` for no header
+    /// or `*` (any current version).
+    pub if_match: Option<u64>,
+    pub traceparent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CommandHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let assigned = parts
+            .extensions
+            .get::<CorrelationId>()
+            .map(|CorrelationId(id)| id.clone());
+        CommandHeaders::parse(&parts.headers, assigned)
+    }
+}
+
+impl CommandHeaders {
+    /// Reads and checks the headers. `assigned` is the correlation id the middleware
+    /// settled on (and echoes); without the middleware one is generated here.
+    pub fn parse(headers: &HeaderMap, assigned: Option<String>) -> Result<Self, ApiError> {
+        if let Some(id) = text_header(headers, CORRELATION_ID_HEADER, "X-Correlation-Id")? {
+            check_printable("X-Correlation-Id", &id, MAX_CORRELATION_ID_CHARS)?;
+        }
+        let correlation_id = assigned.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let idempotency_key = text_header(headers, IDEMPOTENCY_KEY_HEADER, "Idempotency-Key")?;
+        if let Some(key) = &idempotency_key {
+            check_printable("Idempotency-Key", key, MAX_IDEMPOTENCY_KEY_CHARS)?;
+        }
+        let if_match = match text_header(headers, header::IF_MATCH.as_str(), "If-Match")? {
+            None => None,
+            Some(value) => parse_if_match(&value)?,
+        };
+        let traceparent = text_header(headers, TRACEPARENT_HEADER, "traceparent")?
+            .filter(|value| value.len() <= MAX_TRACEPARENT_CHARS);
+        Ok(Self {
+            correlation_id,
+            idempotency_key,
+            if_match,
+            traceparent,
+        })
+    }
+}
+
+/// A header as text; one that is not visible ASCII is refused rather than ignored,
+/// because the client clearly meant something by it.
+fn text_header(headers: &HeaderMap, name: &str, display: &'static str) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidHeader {
+            header: display,
+            message: "given more than once".to_owned(),
+        });
+    }
+    let text = value.to_str().map_err(|_| ApiError::InvalidHeader {
+        header: display,
+        message: "must be printable ASCII".to_owned(),
+    })?;
+    Ok(Some(text.to_owned()))
+}
+
+/// 1 to `max_chars` printable ASCII characters (space through tilde).
+fn check_printable(display: &'static str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max_chars || !value.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
+    {
+        return Err(ApiError::InvalidHeader {
+            header: display,
+            message: format!("must be 1 to {max_chars} printable ASCII characters"),
+        });
+    }
+    Ok(())
+}
+
+/// `"<n>"` (the `ETag` this API sends) or `*`. A weak tag never matches under the strong
+/// comparison `If-Match` uses (RFC 9110), so it is refused as a malformed precondition.
+fn parse_if_match(value: &str) -> Result<Option<u64>, ApiError> {
+    let value = value.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::InvalidHeader {
+            header: "If-Match",
+            message: "must be a quoted stream version as sent in ETag, for example \"3\"".to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[allow(dead_code)]
+        reason: Option<String>,
+    }
+
+    #[test]
+    fn an_empty_body_without_content_type_reads_as_an_empty_object() {
+        let body: JsonBody<Sample> = parse_body(None, b"").expect("empty body reads");
+        assert_eq!(body.canonical, b"{}");
+    }
+
+    #[test]
+    fn a_body_without_a_json_content_type_is_unsupported() {
+        let result = parse_body::<Sample>(Some(false), b"{}");
+        assert!(matches!(result, Err(ApiError::UnsupportedMediaType)));
+        let result = parse_body::<Sample>(None, b"{}");
+        assert!(matches!(result, Err(ApiError::UnsupportedMediaType)));
+    }
+
+    #[test]
+    fn syntax_errors_and_shape_errors_are_different_problems() {
+        assert!(matches!(
+            parse_body::<Sample>(Some(true), b"{"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse_body::<Sample>(Some(true), br#"{"other": 1}"#),
+            Err(ApiError::InvalidBody(_))
+        ));
+    }
+
+    #[test]
+    fn bodies_that_differ_only_in_key_order_and_spacing_have_one_canonical_form() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Two {
+            #[allow(dead_code)]
+            a: i64,
+            #[allow(dead_code)]
+            b: i64,
+        }
+        let first: JsonBody<Two> = parse_body(Some(true), br#"{"a":1,"b":2}"#).expect("valid body");
+        let second: JsonBody<Two> = parse_body(Some(true), b"{ \"b\": 2,\n \"a\": 1 }").expect("valid body");
+        assert_eq!(first.canonical, second.canonical);
+    }
+
+    #[test]
+    fn json_media_types_with_parameters_and_suffixes_are_json() {
+        assert!(is_json_media_type("application/json; charset=utf-8"));
+        assert!(is_json_media_type("application/merge-patch+json"));
+        assert!(!is_json_media_type("text/plain"));
+    }
+
+    #[test]
+    fn if_match_reads_a_quoted_version_or_a_star() {
+        assert_eq!(parse_if_match("\"7\"").expect("valid If-Match"), Some(7));
+        assert_eq!(parse_if_match("*").expect("valid If-Match"), None);
+        assert!(parse_if_match("7").is_err());
+        assert!(parse_if_match("W/\"7\"").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_must_be_printable_ascii_of_bounded_length() {
+        assert!(check_printable("Idempotency-Key", "abc-123", MAX_IDEMPOTENCY_KEY_CHARS).is_ok());
+        assert!(check_printable("Idempotency-Key", "", MAX_IDEMPOTENCY_KEY_CHARS).is_err());
+        assert!(check_printable("Idempotency-Key", &"k".repeat(256), MAX_IDEMPOTENCY_KEY_CHARS).is_err());
+        assert!(check_printable("Idempotency-Key", "tab\there", MAX_IDEMPOTENCY_KEY_CHARS).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! `spawn_app`: the command API on port 0 against the test's own database, and a client
+//! with one method per thing the tests do often.
+
+use command_api::committer::CommitterSettings;
+use command_api::{AppState, app};
+use event_store::EventStore;
+use event_store::process::Readiness;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// One running command API. The relay does not run: these tests look at PostgreSQL.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A command API over `pool` with the production bounds.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, CommitterSettings::default()).await
+}
+
+/// A command API over `pool` with the given committer bounds.
+pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestApp {
+    let nats = async_nats::connect(NATS_URL).await.expect("NATS is running");
+    let store = EventStore::new(pool.clone());
+    let (state, _committer) = AppState::with_settings(
+        store,
+        Readiness {
+            pool: pool.clone(),
+            nats,
+        },
+        settings,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().expect("local address"));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app(state)).await.expect("serve");
+    });
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client"),
+        pool,
+        server,
+    }
+}
+
+/// A status, the headers and the JSON body of an answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// The problem `type` without its base.
+    pub fn problem(&self) -> &str {
+        self.body["type"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("https://eventledger.dev/problems/")
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.client.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn post_with(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Answer {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
+    /// Opens an EUR account with `overdraft_limit`, returning its id.
+    pub async fn open_account(&self, overdraft_limit: i64) -> Uuid {
+        self.open_account_in("EUR", overdraft_limit).await
+    }
+
+    pub async fn open_account_in(&self, currency: &str, overdraft_limit: i64) -> Uuid {
+        let answer = self
+            .post(
+                "/accounts",
+                json!({
+                    "owner": {"name": "Ada Lovelace", "email": "ada@example.com"},
+                    "currency": currency,
+                    "overdraft_limit": overdraft_limit,
+                }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        answer.body["account_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("account_id in answer")
+    }
+
+    pub async fn deposit(&self, account: Uuid, amount: i64) -> Answer {
+        let answer = self
+            .post(
+                &format!("/accounts/{account}/deposits"),
+                json!({ "amount": amount }),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer
+    }
+
+    /// How many events the store holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+
+    /// An account's balance and version, folded from its stream in PostgreSQL.
+    pub async fn stored_account(&self, account: Uuid) -> (i64, u64) {
+        let loaded =
+            command_api::committer::load_account(&EventStore::new(self.pool.clone()), account.into())
+                .await
+                .expect("account loads")
+                .expect("account exists");
+        (loaded.state.balance.get(), loaded.version)
+    }
+}

@@ -1,0 +1,13 @@
+//! The command API over real HTTP against a real PostgreSQL (a fresh database per test)
+//! and NATS (for readiness): every endpoint's success and error paths, idempotency,
+//! `If-Match`, concurrency, and the OpenAPI document.
+//!
+//! Run with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres`.
+
+mod commands;
+mod concurrency;
+mod errors;
+mod helpers;
+mod idempotency;
+mod openapi;
+mod preconditions;
