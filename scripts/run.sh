@@ -23,8 +23,13 @@ export COMMAND_API_ADDR=${COMMAND_API_ADDR:-127.0.0.1:8081}
 export QUERY_API_ADDR=${QUERY_API_ADDR:-127.0.0.1:8082}
 export PROJECTOR_ADDR=${PROJECTOR_ADDR:-127.0.0.1:8083}
 export RUST_LOG=${RUST_LOG:-info}
+# Without a configured key, run with the public development secret (each process warns
+# loudly) and print a token for it below. Set AUTH_JWT_SECRET to use your own.
+if [ -z "${AUTH_JWT_SECRET:-}" ] && [ -z "${AUTH_JWT_PUBLIC_KEY:-}" ]; then
+  export EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH=true
+fi
 
-cargo build --release --locked -p command-api -p projector -p query-api
+cargo build --release --locked -p command-api -p projector -p query-api -p event-store --bin mint-token
 
 log_dir="$root/.local/logs"
 mkdir -p "$log_dir"
@@ -51,15 +56,27 @@ for process in command-api query-api projector; do
   echo "$process: ready on http://$address (log: $log_dir/$process.log)"
 done
 
+if [ -n "${EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH:-}" ]; then
+  token=$("$root/target/release/mint-token" --development --subject developer --role admin)
+else
+  token=$("$root/target/release/mint-token" --subject developer --role admin 2>/dev/null || echo "<mint one with target/release/mint-token>")
+fi
 cat <<TXT
 
 eventledger is running.
   commands:  http://$COMMAND_API_ADDR
   queries:   http://$QUERY_API_ADDR
   projector: http://$PROJECTOR_ADDR
+Development token (admin, 24 h):
+  export TOKEN=$token
 Try:
-  curl -s http://$COMMAND_API_ADDR/readyz
-  curl -s http://$COMMAND_API_ADDR/metrics | head
+  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"owner":{"name":"Ada Lovelace","email":"ada@example.com"},"currency":"EUR"}' http://$COMMAND_API_ADDR/accounts
+  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"amount":1250,"reference":"first deposit"}' http://$COMMAND_API_ADDR/accounts/<account_id>/deposits
+  curl -s -H "Authorization: Bearer \$TOKEN" "http://$QUERY_API_ADDR/accounts/<account_id>?min_position=<position>"
+  curl -s -H "Authorization: Bearer \$TOKEN" "http://$QUERY_API_ADDR/audit/events?limit=10"
+  curl -s http://$PROJECTOR_ADDR/projections
 Press ctrl-c to stop what this command started.
 TXT
 if [ ${#started[@]} -gt 0 ]; then wait -n "${started[@]}"; echo "a process exited; see $log_dir" >&2; exit 1; else sleep infinity; fi

@@ -14,6 +14,10 @@ use sqlx::migrate::MigrateDatabase;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+/// The HS256 secret every process of a test system verifies tokens with; tests mint
+/// their tokens with it ([`System::token`]).
+pub const TEST_AUTH_SECRET: &str = "eventledger-end-to-end-test-secret-0123456789";
+
 /// How long a process may take from spawn to answering `/readyz` with 200: migrations
 /// and the first NATS connection included, on a loaded 2-core machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -140,7 +144,11 @@ impl Process {
         let Some(pid) = child.id() else {
             return Ok(child.wait().await?.success());
         };
-        let sent = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await?;
         if !sent.success() {
             bail!("could not send SIGTERM to {}", self.binary.name());
         }
@@ -170,7 +178,8 @@ pub struct System {
 impl System {
     /// Starts every process in `binaries` against a fresh database and stream.
     pub async fn start(binaries: &[Binary]) -> anyhow::Result<Self> {
-        let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let server = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
         let id = Uuid::now_v7().simple().to_string();
         let database_url = format!("{base}/eventledger_e2e_{id}");
@@ -195,6 +204,7 @@ impl System {
             ("EVENTS_STREAM", self.stream_name.as_str()),
             ("EVENTS_SUBJECT_PREFIX", self.subject_prefix.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "8"),
+            ("AUTH_JWT_SECRET", TEST_AUTH_SECRET),
             ("RUST_LOG", "warn"),
         ]
         .into_iter()
@@ -216,6 +226,16 @@ impl System {
         process.spawn().await?;
         self.processes.insert(binary, process);
         Ok(())
+    }
+
+    /// A token for `subject` with `roles`, valid for an hour, that every process accepts.
+    pub fn token(subject: &str, roles: &[event_store::process::auth::Role]) -> anyhow::Result<String> {
+        Ok(event_store::process::auth::mint_hs256(
+            TEST_AUTH_SECRET.as_bytes(),
+            subject,
+            roles,
+            Duration::from_secs(3600),
+        )?)
     }
 
     pub fn process(&mut self, binary: Binary) -> anyhow::Result<&mut Process> {
@@ -247,7 +267,9 @@ impl System {
         }
         let client = async_nats::connect(&self.nats_url).await?;
         // The stream exists only once the relay ran; a missing one is fine.
-        let _ = async_nats::jetstream::new(client).delete_stream(&self.stream_name).await;
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&self.stream_name)
+            .await;
         Ok(())
     }
 }

@@ -5,8 +5,12 @@
 
 use std::time::Duration;
 
+use event_store::process::auth::Role;
 use serde_json::{Value, json};
 use tests::harness::{Binary, System};
+
+/// The subject of the test's token, and so the actor of every event it causes.
+const ACTOR: &str = "e2e-admin";
 
 /// How long a read waits for the projection to include a write (`wait_ms`): generous,
 /// since a restarted projector first catches up.
@@ -17,10 +21,19 @@ struct Client {
 }
 
 impl Client {
+    /// A client that authenticates as an admin called `e2e-admin`, the actor the audit
+    /// log must show.
     fn new() -> Self {
+        let token = System::token(ACTOR, &[Role::Admin]).expect("token");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()
                 .expect("client"),
         }
@@ -81,7 +94,10 @@ async fn every_process_starts_against_a_fresh_database_and_stops_cleanly_on_sigt
         let (status, _) = client.get(&system.url(binary, "/healthz")).await;
         assert_eq!(status, 200, "{}", binary.name());
     }
-    assert!(system.shut_down().await.expect("shut down"), "every process exits 0 on SIGTERM");
+    assert!(
+        system.shut_down().await.expect("shut down"),
+        "every process exits 0 on SIGTERM"
+    );
 }
 
 #[tokio::test]
@@ -115,28 +131,50 @@ async fn a_command_flows_through_to_the_read_models_the_audit_log_and_a_rebuild(
 
     // The audit log holds every event of this interaction, in order, with who and why.
     let (status, audit) = client
-        .get(&system.url(Binary::QueryApi, &format!("/audit/events?correlation_id={correlation_id}")))
+        .get(&system.url(
+            Binary::QueryApi,
+            &format!("/audit/events?correlation_id={correlation_id}"),
+        ))
         .await;
     assert_eq!(status, 200, "{audit}");
     let items = audit["items"].as_array().expect("items");
-    let types: Vec<&str> = items.iter().filter_map(|item| item["event_type"].as_str()).collect();
+    let types: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item["event_type"].as_str())
+        .collect();
     assert_eq!(
         types,
-        ["AccountOpened", "AccountOpened", "FundsDeposited", "TransferDebited", "TransferCredited", "TransferExecuted"]
+        [
+            "AccountOpened",
+            "AccountOpened",
+            "FundsDeposited",
+            "TransferDebited",
+            "TransferCredited",
+            "TransferExecuted"
+        ]
     );
     for item in items {
         assert_eq!(item["metadata"]["correlation_id"], correlation_id.as_str());
-        assert!(item["metadata"]["actor"].as_str().is_some_and(|actor| !actor.is_empty()));
+        assert_eq!(item["metadata"]["actor"], ACTOR);
     }
 
     // A rebuild replays the log and gives the same answers.
-    let (_, before) = client.get(&system.url(Binary::QueryApi, &format!("/accounts/{alice}"))).await;
+    let (_, before) = client
+        .get(&system.url(Binary::QueryApi, &format!("/accounts/{alice}")))
+        .await;
     let (status, rebuilt) = client
-        .post(&system.url(Binary::Projector, "/projections/accounts/rebuild"), json!({}), &correlation_id)
+        .post(
+            &system.url(Binary::Projector, "/projections/accounts/rebuild"),
+            json!({}),
+            &correlation_id,
+        )
         .await;
     assert!((200..300).contains(&status), "{status} {rebuilt}");
     let (_, after) = client
-        .get(&system.url(Binary::QueryApi, &format!("/accounts/{alice}?min_position={last}&wait_ms={WAIT_MS}")))
+        .get(&system.url(
+            Binary::QueryApi,
+            &format!("/accounts/{alice}?min_position={last}&wait_ms={WAIT_MS}"),
+        ))
         .await;
     assert_eq!(before, after);
 
@@ -144,7 +182,12 @@ async fn a_command_flows_through_to_the_read_models_the_audit_log_and_a_rebuild(
     let mut expected_alice = 7_500;
     let mut last = last;
     for binary in Binary::ALL {
-        system.process(binary).expect("process").restart().await.expect("restart");
+        system
+            .process(binary)
+            .expect("process")
+            .restart()
+            .await
+            .expect("restart");
         let (status, answer) = client
             .post(
                 &system.url(Binary::CommandApi, &format!("/accounts/{alice}/deposits")),
@@ -155,7 +198,12 @@ async fn a_command_flows_through_to_the_read_models_the_audit_log_and_a_rebuild(
         assert_eq!(status, 200, "after restarting {}: {answer}", binary.name());
         expected_alice += 100;
         last = position(&answer);
-        assert_eq!(balance_at(&system, &client, &alice, last).await, expected_alice, "after {}", binary.name());
+        assert_eq!(
+            balance_at(&system, &client, &alice, last).await,
+            expected_alice,
+            "after {}",
+            binary.name()
+        );
     }
     assert_eq!(balance_at(&system, &client, &bob, last).await, 2_500);
     system.shut_down().await.expect("shut down");
