@@ -9,16 +9,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use command_api::{AppState, app};
 use event_store::EventStore;
+use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::process::{Readiness, database};
 use futures::StreamExt;
 use serde_json::json;
 
 /// A database of its own, so the figures are not mixed with anything else.
 const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/eventledger_command_load";
+
+/// The HS256 secret of this in-process run: every request is verified, as in production.
+const SECRET: &[u8] = b"command-api-load-check-secret-of-32-bytes";
+
+/// The token outlives any run of this check.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,11 +38,22 @@ async fn main() -> anyhow::Result<()> {
     let metrics = event_store::process::telemetry::metrics_handle();
     let pool = database::connect_and_migrate(DATABASE_URL, 16).await?;
     let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
-    let (state, _committer) = AppState::new(EventStore::new(pool.clone()), Readiness { pool, nats });
+    let (state, _committer) = AppState::new(
+        EventStore::new(pool.clone()),
+        Readiness { pool, nats },
+        Authenticator::hs256(SECRET),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let token = mint_hs256(SECRET, "load-check", &[Role::Teller], TOKEN_LIFETIME)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(concurrency)
         .build()?;
 

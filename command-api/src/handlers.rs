@@ -17,6 +17,7 @@ use domain::{
 use event_store::Metadata;
 
 use crate::AppState;
+use crate::access::Caller;
 use crate::committer::{Command, Executed, Submission};
 use crate::dto::{
     AccountCommandResponse, MoneyBody, OpenAccountBody, ReasonBody, TransferBody, TransferResponse,
@@ -24,10 +25,6 @@ use crate::dto::{
 use crate::error::{ApiError, Result};
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::idempotency::{self, KeyClaim, KeyScope, StoredKey};
-
-/// The actor recorded in event metadata until requests carry a token (API.md,
-/// "Security"); then the token's `sub` takes its place.
-pub const ANONYMOUS_ACTOR: &str = "anonymous";
 
 /// Open an account.
 #[utoipa::path(
@@ -43,6 +40,7 @@ pub const ANONYMOUS_ACTOR: &str = "anonymous";
 )]
 pub async fn open_account(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<OpenAccountBody>,
 ) -> Result<Response> {
@@ -66,6 +64,7 @@ pub async fn open_account(
     };
     run(
         &state,
+        &caller.subject,
         headers,
         Method::POST,
         "/accounts".to_owned(),
@@ -87,6 +86,7 @@ pub async fn open_account(
 )]
 pub async fn deposit(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<MoneyBody>,
@@ -96,8 +96,16 @@ pub async fn deposit(
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
     };
-    let if_match = headers.if_match;
-    run_account(&state, headers, path, &canonical, account_id, command, if_match).await
+    run_account(
+        &state,
+        &caller.subject,
+        headers,
+        path,
+        &canonical,
+        account_id,
+        command,
+    )
+    .await
 }
 
 /// Withdraw money.
@@ -112,6 +120,7 @@ pub async fn deposit(
 )]
 pub async fn withdraw(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<MoneyBody>,
@@ -121,8 +130,16 @@ pub async fn withdraw(
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
     };
-    let if_match = headers.if_match;
-    run_account(&state, headers, path, &canonical, account_id, command, if_match).await
+    run_account(
+        &state,
+        &caller.subject,
+        headers,
+        path,
+        &canonical,
+        account_id,
+        command,
+    )
+    .await
 }
 
 /// Freeze an account: no money moves in or out until it is unfrozen.
@@ -137,6 +154,7 @@ pub async fn withdraw(
 )]
 pub async fn freeze(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
@@ -145,8 +163,16 @@ pub async fn freeze(
     let command = AccountCommand::Freeze {
         reason: reason(value.reason)?,
     };
-    let if_match = headers.if_match;
-    run_account(&state, headers, path, &canonical, account_id, command, if_match).await
+    run_account(
+        &state,
+        &caller.subject,
+        headers,
+        path,
+        &canonical,
+        account_id,
+        command,
+    )
+    .await
 }
 
 /// Unfreeze an account.
@@ -161,6 +187,7 @@ pub async fn freeze(
 )]
 pub async fn unfreeze(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
@@ -169,8 +196,16 @@ pub async fn unfreeze(
     let command = AccountCommand::Unfreeze {
         reason: reason(value.reason)?,
     };
-    let if_match = headers.if_match;
-    run_account(&state, headers, path, &canonical, account_id, command, if_match).await
+    run_account(
+        &state,
+        &caller.subject,
+        headers,
+        path,
+        &canonical,
+        account_id,
+        command,
+    )
+    .await
 }
 
 /// Close an account; only at balance 0, and for good.
@@ -185,6 +220,7 @@ pub async fn unfreeze(
 )]
 pub async fn close(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
@@ -193,8 +229,16 @@ pub async fn close(
     let command = AccountCommand::Close {
         reason: reason(value.reason)?,
     };
-    let if_match = headers.if_match;
-    run_account(&state, headers, path, &canonical, account_id, command, if_match).await
+    run_account(
+        &state,
+        &caller.subject,
+        headers,
+        path,
+        &canonical,
+        account_id,
+        command,
+    )
+    .await
 }
 
 /// Erase the owner's personal data; the account and its money history stay.
@@ -208,6 +252,7 @@ pub async fn close(
 )]
 pub async fn erase_personal_data(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
     headers: CommandHeaders,
 ) -> Result<Response> {
@@ -218,7 +263,16 @@ pub async fn erase_personal_data(
         command: AccountCommand::ErasePersonalData,
         if_match,
     };
-    run(&state, headers, Method::DELETE, path, b"", command).await
+    run(
+        &state,
+        &caller.subject,
+        headers,
+        Method::DELETE,
+        path,
+        b"",
+        command,
+    )
+    .await
 }
 
 /// Move money between two accounts of one currency: three streams, one atomic append.
@@ -232,6 +286,7 @@ pub async fn erase_personal_data(
 )]
 pub async fn transfer(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: CommandHeaders,
     JsonBody { value, canonical }: JsonBody<TransferBody>,
 ) -> Result<Response> {
@@ -246,6 +301,7 @@ pub async fn transfer(
     };
     run(
         &state,
+        &caller.subject,
         headers,
         Method::POST,
         "/transfers".to_owned(),
@@ -273,33 +329,34 @@ fn reason(raw: Option<String>) -> Result<Option<Reason>> {
 
 async fn run_account(
     state: &AppState,
+    actor: &str,
     headers: CommandHeaders,
     path: String,
     canonical: &[u8],
     account_id: AccountId,
     command: AccountCommand,
-    if_match: Option<u64>,
 ) -> Result<Response> {
     let command = Command::Account {
         account_id,
         command,
-        if_match,
+        if_match: headers.if_match,
     };
-    run(state, headers, Method::POST, path, canonical, command).await
+    run(state, actor, headers, Method::POST, path, canonical, command).await
 }
 
-/// Runs one command with the idempotency protocol around it.
+/// Runs one command for `actor` (the caller's `sub`) with the idempotency protocol
+/// around it. Keys are scoped per actor: two callers never see each other's answers.
 async fn run(
     state: &AppState,
+    actor: &str,
     headers: CommandHeaders,
     method: Method,
     path: String,
     canonical: &[u8],
     command: Command,
 ) -> Result<Response> {
-    let actor = ANONYMOUS_ACTOR.to_owned();
     let metadata = Metadata {
-        actor: actor.clone(),
+        actor: actor.to_owned(),
         correlation_id: headers.correlation_id,
         causation_id: Some(uuid::Uuid::now_v7().to_string()),
         command: command.name().to_owned(),
@@ -323,7 +380,10 @@ async fn run(
     };
 
     let claim = KeyClaim {
-        scope: KeyScope { actor, key },
+        scope: KeyScope {
+            actor: actor.to_owned(),
+            key,
+        },
         request_hash: idempotency::fingerprint(method.as_str(), &path, canonical),
     };
     let _in_flight = state

@@ -279,7 +279,7 @@ mod tests {
 
     fn scope(key: &str) -> KeyScope {
         KeyScope {
-            actor: "anonymous".to_owned(),
+            actor: "teller-1".to_owned(),
             key: key.to_owned(),
         }
     }

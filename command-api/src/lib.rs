@@ -4,9 +4,10 @@
 //! # Layout
 //!
 //! - [`Config`]: flags and environment.
-//! - [`run`]: connects, migrates, starts the committer, the relay and the idempotency
-//!   purge, and serves until shutdown.
+//! - [`run`]: checks the token key (no key, no start), connects, migrates, starts the
+//!   committer, the relay and the idempotency purge, and serves until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
+//! - [`access`]: the role each route needs, and the caller handlers record as `actor`.
 //! - [`handlers`]: one function per command endpoint of API.md; [`dto`] their bodies.
 //! - [`extract`]: body and header parsing into problems; [`correlation`]: the
 //!   `X-Correlation-Id` middleware.
@@ -16,6 +17,7 @@
 //! - [`error`]: every failure as an `application/problem+json` answer.
 //! - [`openapi`]: the document at `GET /openapi.json`.
 
+pub mod access;
 pub mod cache;
 pub mod committer;
 pub mod correlation;
@@ -35,8 +37,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::EventStore;
+use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
-use event_store::relay::{self, RelayConfig};
+use event_store::relay;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -56,6 +59,9 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
 
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
     /// Address to serve HTTP on.
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
     pub listen: String,
@@ -64,6 +70,8 @@ pub struct Config {
 /// Why the command API stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the token settings cannot be used")]
+    Auth(#[from] AuthConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
     #[error("the HTTP server failed")]
@@ -78,19 +86,26 @@ pub struct AppState {
     pub commands: CommandBus,
     /// Idempotency keys whose first request is running on this instance.
     pub in_flight: InFlight,
+    /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
+    pub access: AccessControl,
 }
 
 impl AppState {
     /// The state over `store`, with a new committer. The committer stops once every clone
     /// of the state is dropped; await the handle to let it answer what was queued.
-    pub fn new(store: EventStore, readiness: Readiness) -> (Self, JoinHandle<()>) {
-        Self::with_settings(store, readiness, CommitterSettings::default())
+    pub fn new(
+        store: EventStore,
+        readiness: Readiness,
+        authenticator: Authenticator,
+    ) -> (Self, JoinHandle<()>) {
+        Self::with_settings(store, readiness, authenticator, CommitterSettings::default())
     }
 
     /// As [`AppState::new`], with other bounds (tests use a tiny queue to see it fill).
     pub fn with_settings(
         store: EventStore,
         readiness: Readiness,
+        authenticator: Authenticator,
         settings: CommitterSettings,
     ) -> (Self, JoinHandle<()>) {
         let (commands, committer) = committer::spawn(store, settings);
@@ -99,6 +114,10 @@ impl AppState {
                 readiness,
                 commands,
                 in_flight: InFlight::default(),
+                access: AccessControl {
+                    authenticator,
+                    table: access::ACCESS,
+                },
             },
             committer,
         )
@@ -106,9 +125,11 @@ impl AppState {
 }
 
 /// The command API's routes: the commands of API.md, `GET /openapi.json`, and the
-/// operational endpoints.
+/// operational endpoints, each behind the role [`access::ACCESS`] gives it. The check is
+/// a route layer, so it knows the matched route and an unknown path is still a plain 404.
 pub fn app(state: AppState) -> Router {
     let readiness = state.readiness.clone();
+    let control = state.access.clone();
     let (commands, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(handlers::open_account))
         .routes(routes!(handlers::deposit))
@@ -131,6 +152,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .merge(process::ops_router(readiness))
+        .route_layer(middleware::from_fn_with_state(control, authorize))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -143,12 +165,16 @@ fn panic_to_problem(_panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("a handler panicked".to_owned()).into_response()
 }
 
-/// Connects to PostgreSQL (creating and migrating the database) and NATS, starts the
-/// committer, the relay and the idempotency purge, and serves until `shutdown` completes.
+/// Checks the token settings (a process with no key refuses to start, unless told it is
+/// a development machine), connects to PostgreSQL (creating and migrating the database)
+/// and NATS, starts the committer, the relay and the idempotency purge, and serves until
+/// `shutdown` completes.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // First, before any connection: a misconfigured process should fail fast and plainly.
+    let authenticator = Authenticator::from_config(&config.auth)?;
     let pool = process::database::connect_and_migrate(
         &config.common.database_url,
         config.common.database_max_connections,
@@ -162,12 +188,12 @@ pub async fn run(
     let relay = tokio::spawn(relay::run(
         store.clone(),
         nats.clone(),
-        RelayConfig::new("ledger-events"),
+        config.common.relay_config("ledger-events"),
         stop.clone(),
     ));
     let purge = tokio::spawn(idempotency::purge_periodically(pool.clone(), stop.clone()));
 
-    let (state, committer) = AppState::new(store, Readiness { pool, nats });
+    let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator);
     let served = process::serve::serve(listener, app(state), shutdown).await;
     // The router and with it every handle to the committer are gone: it answers what is
     // queued and stops. Only then stop the relay, so it publishes those commits too.

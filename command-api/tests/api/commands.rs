@@ -301,7 +301,7 @@ async fn every_event_carries_the_correlation_id_actor_command_and_idempotency_ke
             .await
             .expect("deposit event");
     assert_eq!(metadata["correlation_id"], "corr-123");
-    assert_eq!(metadata["actor"], "anonymous");
+    assert_eq!(metadata["actor"], crate::helpers::TEST_SUBJECT);
     assert_eq!(metadata["command"], "deposit");
     assert_eq!(metadata["idempotency_key"], "key-1");
     assert!(metadata["causation_id"].is_string());

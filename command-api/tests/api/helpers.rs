@@ -1,15 +1,48 @@
-//! `spawn_app`: the command API on port 0 against the test's own database, and a client
-//! with one method per thing the tests do often.
+//! `spawn_app`: the command API on port 0 against the test's own database, verifying
+//! tokens with [`TEST_SECRET`], and a client that sends an admin token by default, with
+//! one method per thing the tests do often.
+
+use std::time::Duration;
 
 use command_api::committer::CommitterSettings;
 use command_api::{AppState, app};
 use event_store::EventStore;
 use event_store::process::Readiness;
+use event_store::process::auth::{Authenticator, Role, mint_hs256};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The HS256 secret the test apps verify tokens with.
+pub const TEST_SECRET: &str = "command-api-test-secret-of-at-least-32-bytes";
+
+/// The `sub` of the token the default client sends; the `actor` of what it causes.
+pub const TEST_SUBJECT: &str = "test-admin";
+
+/// How long minted test tokens live: far beyond any test, well short of forever.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+/// A token for `subject` with `roles`, signed with [`TEST_SECRET`].
+pub fn token(subject: &str, roles: &[Role]) -> String {
+    mint_hs256(TEST_SECRET.as_bytes(), subject, roles, TOKEN_LIFETIME).expect("mint token")
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("token is a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client")
+}
 
 /// One running command API. The relay does not run: these tests look at PostgreSQL.
 pub struct TestApp {
@@ -40,6 +73,7 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
             pool: pool.clone(),
             nats,
         },
+        Authenticator::hs256(TEST_SECRET.as_bytes()),
         settings,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -51,10 +85,7 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
     });
     TestApp {
         address,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client"),
+        client: client_with_token(&token(TEST_SUBJECT, &[Role::Admin])),
         pool,
         server,
     }

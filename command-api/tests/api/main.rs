@@ -4,6 +4,7 @@
 //!
 //! Run with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres`.
 
+mod access;
 mod commands;
 mod concurrency;
 mod errors;
