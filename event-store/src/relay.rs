@@ -59,6 +59,7 @@ use async_nats::HeaderMap;
 use async_nats::connection::State as ConnectionState;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
+use futures::FutureExt;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -329,8 +330,30 @@ async fn publish_loop(
         check_contiguous(tail.position, &events)?;
         tail = publish_in_order(client, jetstream, config, tail, &events).await?;
         save_checkpoint(store, &config.name, tail.position).await?;
+        // The commits announced while this batch was published are covered by the next
+        // read; their notifications would otherwise pile up unread for as long as the
+        // relay stays busy.
+        drain_notifications(&mut listener)?;
         metrics::counter!("relay_published_total").increment(events.len() as u64);
         metrics::gauge!("relay_position", "relay" => config.name.clone()).set(tail.position as f64);
+    }
+    Ok(())
+}
+
+/// The most notifications dropped after one batch; what remains is dropped after the
+/// next one. A bound on one pass, far above the commits one batch's publishing spans.
+const MAX_NOTIFICATIONS_DRAINED: usize = 100_000;
+
+/// Drops the notifications already received, without waiting for more. Reading from the
+/// listener's socket is cancel-safe in sqlx, so polling once and giving up loses nothing.
+fn drain_notifications(listener: &mut PgListener) -> Result<(), sqlx::Error> {
+    for _ in 0..MAX_NOTIFICATIONS_DRAINED {
+        match listener.try_recv().now_or_never() {
+            Some(Ok(Some(_))) => {}
+            // Nothing ready, or the connection was lost (the next wait reconnects).
+            None | Some(Ok(None)) => return Ok(()),
+            Some(Err(error)) => return Err(error),
+        }
     }
     Ok(())
 }
