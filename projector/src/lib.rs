@@ -1,15 +1,50 @@
-//! `projector`: consumes events from JetStream into the read models.
+//! `projector`: projects the event log into the read-model tables, live from JetStream,
+//! and rebuilds them from the event store on demand.
 //!
 //! # Layout
 //!
-//! - [`Config`]: flags and environment.
-//! - [`run`]: connects, migrates and serves until shutdown.
-//! - [`app`]: the router, for tests to drive directly.
+//! - [`Config`] and [`Command`]: flags, environment and subcommands (`rebuild`, `status`).
+//! - [`run`]: connects, migrates, and runs the chosen command: by default the live
+//!   projections with the admin port, until shutdown.
+//! - [`app`]: the admin router (`/healthz`, `/readyz`, `/metrics`, `GET /projections`,
+//!   `POST /projections/{name}/rebuild`), for tests to drive directly.
+//! - [`projection`]: the named projections and their tables.
+//! - [`fold`]: what each event does to each table, with no I/O.
+//! - [`tables`]: multi-row reads and writes of the read-model tables.
+//! - [`checkpoint`]: each projection's checkpoint row, which is also its writer lock.
+//! - [`apply`]: one batch, one transaction, checkpoint included.
+//! - [`live`]: the JetStream-driven live tasks, gap filling, stopping on bad events.
+//! - [`rebuild`]: replay into fresh tables and swap them in.
+//! - [`status`]: positions, head, lag and state; metrics.
+//! - [`http`] and [`error`]: the admin routes and their problem+json errors.
+
+pub mod apply;
+pub mod checkpoint;
+pub mod error;
+pub mod fold;
+pub mod http;
+pub mod live;
+pub mod projection;
+pub mod rebuild;
+pub mod status;
+pub mod tables;
 
 use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
 
 use axum::Router;
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
+use event_store::relay;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::projection::{Projection, UnknownProjection};
+use crate::rebuild::RebuildError;
+
+/// How often the status gauges (`/metrics`) are refreshed while the projector runs:
+/// a Prometheus scrape every 15 s or so sees figures at most this old.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 /// The projector's settings; every flag also reads the environment variable named.
 #[derive(Debug, Clone, clap::Parser)]
@@ -18,9 +53,45 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
 
-    /// Address to serve HTTP on.
+    /// Address to serve the admin and metrics port on.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     pub listen: String,
+
+    /// JetStream stream the relay publishes to.
+    #[arg(long, env = "PROJECTOR_STREAM", default_value = relay::STREAM_NAME)]
+    pub stream_name: String,
+
+    /// Subject prefix of the relay's messages (`<prefix>.<category>.<uuid>`).
+    #[arg(long, env = "PROJECTOR_SUBJECT_PREFIX", default_value = relay::SUBJECT_PREFIX)]
+    pub subject_prefix: String,
+
+    /// Durable consumers are named `<prefix>_<projection>`.
+    #[arg(long, env = "PROJECTOR_CONSUMER_PREFIX", default_value = "projector")]
+    pub consumer_prefix: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running live.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Replay the event store into fresh tables and swap them in atomically; a running
+    /// live projector goes on from where the rebuild ended.
+    Rebuild {
+        /// The projection to rebuild: accounts, account_transactions or transfers.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Rebuild every projection in one replay.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print each projection's position, the event store's head, the lag and the state.
+    Status {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Why the projector stopped with an error.
@@ -30,6 +101,16 @@ pub enum RunError {
     Startup(#[from] StartupError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    UnknownProjection(#[from] UnknownProjection),
+    #[error("the rebuild failed")]
+    Rebuild(#[from] RebuildError),
+    #[error("could not read the projections' status")]
+    Status(#[source] sqlx::Error),
+    #[error("could not write the output")]
+    Output(#[from] std::io::Error),
+    #[error("could not encode the output")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// What every handler shares.
@@ -40,10 +121,21 @@ pub struct AppState {
 
 /// The projector's routes.
 pub fn app(state: AppState) -> Router {
-    process::ops_router(state.readiness)
+    let pool = state.readiness.pool.clone();
+    process::ops_router(state.readiness).merge(http::router(pool))
 }
 
-/// Connects to PostgreSQL (creating and migrating the database) and NATS, and serves
+impl Config {
+    /// The live tasks' settings from the flags.
+    pub fn live(&self) -> live::LiveConfig {
+        let mut live = live::LiveConfig::new(&self.stream_name, &self.subject_prefix);
+        live.consumer_prefix = self.consumer_prefix.clone();
+        live
+    }
+}
+
+/// Connects to PostgreSQL (creating and migrating the database) and runs the command:
+/// a rebuild or a status report, or by default the live projections and the admin port
 /// until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -54,12 +146,63 @@ pub async fn run(
         config.common.database_max_connections,
     )
     .await?;
+    match &config.command {
+        Some(Command::Rebuild { name, all }) => {
+            let projections = match (name, all) {
+                (_, true) => Projection::ALL.to_vec(),
+                (Some(name), false) => vec![name.parse()?],
+                (None, false) => Projection::ALL.to_vec(),
+            };
+            let report = rebuild::rebuild(&pool, &projections).await?;
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&report)?)?;
+            Ok(())
+        }
+        Some(Command::Status { json }) => {
+            let statuses = status::read(&pool).await.map_err(RunError::Status)?;
+            let text = if *json {
+                serde_json::to_string_pretty(&statuses)? + "\n"
+            } else {
+                status::render_table(&statuses)
+            };
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        None => serve(config, pool, shutdown).await,
+    }
+}
+
+async fn serve(
+    config: Config,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let nats = process::nats::connect(&config.common.nats_url, "projector").await?;
     let listener = process::serve::bind(&config.listen).await?;
+    if let Err(error) = rebuild::clear_abandoned(&pool).await {
+        tracing::warn!(error = %event_store::error_chain(&error), "could not clear abandoned rebuilds");
+    }
+    let stop = CancellationToken::new();
+    let live = tokio::spawn(live::run(pool.clone(), nats.clone(), config.live(), stop.clone()));
+    let refresher = tokio::spawn(refresh_status(pool.clone(), stop.clone()));
     let state = AppState {
         readiness: Readiness { pool, nats },
     };
-    process::serve::serve(listener, app(state), shutdown)
-        .await
-        .map_err(RunError::Serve)
+    let served = process::serve::serve(listener, app(state), shutdown).await;
+    stop.cancel();
+    let _ = live.await;
+    let _ = refresher.await;
+    served.map_err(RunError::Serve)
+}
+
+/// Keeps the status gauges fresh for `/metrics`.
+async fn refresh_status(pool: PgPool, stop: CancellationToken) {
+    loop {
+        if let Ok(statuses) = status::read(&pool).await {
+            status::publish_metrics(&statuses);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STATUS_REFRESH) => {}
+        }
+    }
 }

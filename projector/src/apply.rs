@@ -1,0 +1,226 @@
+//! Applying a contiguous run of events to one projection in one transaction, together
+//! with its checkpoint (guarantee 4): lock the checkpoint row, skip what it already
+//! covers, fold the rest, write the rows with multi-row statements, advance the
+//! checkpoint, announce it, commit. A crash anywhere before the commit leaves nothing
+//! behind; after it, the checkpoint says so.
+
+use std::collections::{HashMap, HashSet};
+
+use event_store::RecordedEvent;
+use sqlx::{PgConnection, PgPool};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::checkpoint;
+use crate::fold::{self, AccountRow, ApplyError, ProjectedEvent, TransactionRow, TransferRow};
+use crate::projection::Projection;
+use crate::tables;
+
+/// SQLSTATE class 23, integrity constraint violation: a row the read model refuses
+/// (a duplicate key, a failed check). Retrying cannot help, so it stops the projection.
+const INTEGRITY_VIOLATION_CLASS: &str = "23";
+
+/// Why a batch did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// An event cannot be applied; everything before it was. Stops the projection.
+    #[error("the projection stopped at an event it cannot apply")]
+    Apply(#[from] ApplyError),
+    /// The table refused a row; the batch is rolled back. Stops the projection.
+    #[error("the read model refused a row")]
+    Refused(#[source] sqlx::Error),
+    /// The database failed; nothing was written. Worth retrying.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// The events do not start right after the checkpoint: the caller must read the
+    /// missing range first.
+    #[error("the batch starts at {first} but the checkpoint is {checkpoint}")]
+    Gap { checkpoint: i64, first: i64 },
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        let refused = error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|code| code.starts_with(INTEGRITY_VIOLATION_CLASS));
+        if refused {
+            BatchError::Refused(error)
+        } else {
+            BatchError::Database(error)
+        }
+    }
+}
+
+impl BatchError {
+    /// Whether this error must stop the projection (as opposed to being retried).
+    pub fn stops_projection(&self) -> bool {
+        matches!(self, BatchError::Apply(_) | BatchError::Refused(_))
+    }
+}
+
+/// What folding produced and not yet written: changed account rows, new statement rows,
+/// new transfer rows, plus what the folds need to read (every row a live batch touches;
+/// every row, in a rebuild).
+#[derive(Debug, Default)]
+pub struct FoldState {
+    pub accounts: HashMap<Uuid, AccountRow>,
+    pub changed_accounts: HashSet<Uuid>,
+    pub balances: HashMap<Uuid, i64>,
+    pub transactions: Vec<TransactionRow>,
+    pub transfers: Vec<TransferRow>,
+}
+
+impl FoldState {
+    /// Folds one event into the projection's state.
+    pub fn apply(&mut self, projection: Projection, event: &ProjectedEvent) -> Result<(), ApplyError> {
+        match projection {
+            Projection::Accounts => {
+                if let Some(id) = fold::fold_account(&mut self.accounts, event)? {
+                    self.changed_accounts.insert(id);
+                }
+            }
+            Projection::AccountTransactions => {
+                fold::fold_transaction(&mut self.balances, event, &mut self.transactions)?;
+            }
+            Projection::Transfers => fold::fold_transfer(event, &mut self.transfers),
+        }
+        Ok(())
+    }
+
+    /// Writes what was folded for `projection` into `table` and forgets it (account rows
+    /// stay, to be folded further).
+    pub async fn flush(
+        &mut self,
+        connection: &mut PgConnection,
+        projection: Projection,
+        table: &str,
+    ) -> Result<(), sqlx::Error> {
+        match projection {
+            Projection::Accounts => {
+                let rows: Vec<&AccountRow> = self
+                    .changed_accounts
+                    .iter()
+                    .filter_map(|id| self.accounts.get(id))
+                    .collect();
+                tables::upsert_accounts(connection, table, &rows).await?;
+                self.changed_accounts.clear();
+            }
+            Projection::AccountTransactions => {
+                tables::insert_transactions(connection, table, &self.transactions).await?;
+                self.transactions.clear();
+            }
+            Projection::Transfers => {
+                tables::insert_transfers(connection, table, &self.transfers).await?;
+                self.transfers.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `events` (contiguous, in position order) to `projection`, skipping those at
+/// or below its checkpoint, and returns the checkpoint after. When an event cannot be
+/// applied, the events before it are committed and [`BatchError::Apply`] names it.
+#[instrument(skip_all, fields(projection = %projection, first = events.first().map(|e| e.position), count = events.len()))]
+pub async fn apply_batch(
+    pool: &PgPool,
+    projection: Projection,
+    events: &[RecordedEvent],
+) -> Result<i64, BatchError> {
+    let mut decoded = Vec::with_capacity(events.len());
+    let mut undecodable = None;
+    for event in events {
+        match ProjectedEvent::decode(event) {
+            Ok(event) => decoded.push(event),
+            Err(error) => {
+                undecodable = Some(error);
+                break;
+            }
+        }
+    }
+    let outcome = match apply_decoded(pool, projection, &decoded).await {
+        Ok(checkpoint) => return undecodable.map_or(Ok(checkpoint), |error| Err(error.into())),
+        Err(outcome) => outcome,
+    };
+    match outcome {
+        Failure::Fold { index, error } => {
+            // Commit the good prefix so the checkpoint stops right before the bad event.
+            if index > 0 {
+                match apply_decoded(pool, projection, &decoded[..index]).await {
+                    Ok(_) => {}
+                    Err(Failure::Batch(error)) => return Err(error),
+                    Err(Failure::Fold { error, .. }) => return Err(error.into()),
+                }
+            }
+            Err(error.into())
+        }
+        Failure::Batch(error) => Err(error),
+    }
+}
+
+enum Failure {
+    Fold { index: usize, error: ApplyError },
+    Batch(BatchError),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Failure::Batch(error.into())
+    }
+}
+
+async fn apply_decoded(
+    pool: &PgPool,
+    projection: Projection,
+    events: &[ProjectedEvent],
+) -> Result<i64, Failure> {
+    let mut transaction = pool.begin().await?;
+    let checkpoint = checkpoint::lock(&mut transaction, projection).await?;
+    let skipped = events
+        .iter()
+        .take_while(|event| event.position <= checkpoint)
+        .count();
+    let fresh = &events[skipped..];
+    let Some(first) = fresh.first() else {
+        return Ok(checkpoint);
+    };
+    if first.position != checkpoint + 1 {
+        return Err(Failure::Batch(BatchError::Gap {
+            checkpoint,
+            first: first.position,
+        }));
+    }
+    let touched: Vec<Uuid> = fresh
+        .iter()
+        .filter_map(fold::account_touched)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut state = FoldState::default();
+    match projection {
+        Projection::Accounts => {
+            state.accounts = tables::load_accounts(&mut transaction, projection.table(), &touched).await?;
+        }
+        Projection::AccountTransactions => {
+            state.balances = tables::load_balances(&mut transaction, projection.table(), &touched).await?;
+        }
+        Projection::Transfers => {}
+    }
+    for (offset, event) in fresh.iter().enumerate() {
+        state.apply(projection, event).map_err(|error| Failure::Fold {
+            index: skipped + offset,
+            error,
+        })?;
+    }
+    state
+        .flush(&mut transaction, projection, projection.table())
+        .await?;
+    let last = fresh.last().map_or(checkpoint, |event| event.position);
+    checkpoint::advance(&mut transaction, projection, last).await?;
+    transaction.commit().await?;
+    metrics::counter!("projector_events_applied_total", "projection" => projection.name())
+        .increment(fresh.len() as u64);
+    metrics::counter!("projector_batches_total", "projection" => projection.name()).increment(1);
+    Ok(last)
+}

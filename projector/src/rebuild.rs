@@ -1,0 +1,410 @@
+//! Rebuild: replay the event store into fresh tables and swap them in atomically
+//! (guarantee 5: a replay, not a migration).
+//!
+//! 1. Take the projection's rebuild lease (a session advisory lock, so one rebuild per
+//!    projection runs across every process) and mark it `rebuilding`.
+//! 2. Create `read_model.<table>__rebuild` like the live table (columns, constraints,
+//!    indexes) and replay the store into it, read straight from PostgreSQL in large
+//!    ordered chunks by a reader task while this one folds and writes, with every row in
+//!    memory only as long as a chunk (accounts: until the end).
+//! 3. Replay again what arrived meanwhile, then, in one transaction: lock the checkpoint
+//!    rows (the live task waits for its next batch), replay up to the live checkpoint
+//!    if the live side got further, rename the old table away and the new one in, drop
+//!    the old one and set the checkpoint. The query side reads `read_model.<table>` by
+//!    name, so it sees the old table until this commits and the new one after.
+//!
+//! The live task then goes on from the checkpoint the swap left: nothing is lost or
+//! applied twice, whatever commands arrived during the rebuild.
+
+use std::time::Instant;
+
+use event_store::StoreError;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tracing::{info, instrument, warn};
+
+use crate::apply::FoldState;
+use crate::checkpoint;
+use crate::fold::{ApplyError, ProjectedEvent};
+use crate::projection::{Projection, SCHEMA};
+
+/// Suffix of the tables a rebuild fills before the swap.
+pub const REBUILD_SUFFIX: &str = "__rebuild";
+/// Suffix the old table carries for the instant between the two renames.
+const OLD_SUFFIX: &str = "__old";
+
+/// Events per chunk read from the store. Large enough that a round trip and an
+/// index range scan are amortised over many events, small enough (about 10 MB of rows)
+/// that two chunks in flight cost little memory.
+pub const REPLAY_CHUNK_EVENTS: i64 = 20_000;
+
+/// Chunks the reader may be ahead of the writer: one being folded, one ready.
+const READ_AHEAD_CHUNKS: usize = 2;
+
+/// Why a rebuild did not complete. Nothing was swapped in; the live tables are as they
+/// were and the live projection went on.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("a rebuild of {0} is already running")]
+    AlreadyRunning(Projection),
+    #[error("an event cannot be applied")]
+    Apply(#[from] ApplyError),
+    #[error("reading the event store failed")]
+    Store(#[from] StoreError),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("the event store reader stopped unexpectedly")]
+    ReaderGone,
+}
+
+/// What a completed rebuild did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildReport {
+    pub projections: Vec<&'static str>,
+    /// Events folded into the fresh tables.
+    pub events: u64,
+    /// The checkpoint the swap set: live projection goes on from here.
+    pub position: i64,
+    pub elapsed_seconds: f64,
+}
+
+/// The right to rebuild some projections: advisory locks held on a connection of its
+/// own, released when it closes (or the process dies).
+pub struct RebuildLease {
+    connection: PgConnection,
+    projections: Vec<Projection>,
+}
+
+fn lock_key(projection: Projection) -> String {
+    format!("eventledger-rebuild:{}", projection.name())
+}
+
+impl RebuildLease {
+    /// Takes the rebuild lock of every projection named, or none of them.
+    pub async fn acquire(pool: &PgPool, projections: &[Projection]) -> Result<Self, RebuildError> {
+        let mut projections = projections.to_vec();
+        projections.sort_by_key(|projection| Projection::ALL.iter().position(|p| p == projection));
+        projections.dedup();
+        let mut connection = pool.acquire().await?.detach();
+        for projection in &projections {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(lock_key(*projection))
+                .fetch_one(&mut connection)
+                .await?;
+            if !acquired {
+                // Closing the connection releases the locks taken so far.
+                let _ = connection.close().await;
+                return Err(RebuildError::AlreadyRunning(*projection));
+            }
+        }
+        for projection in &projections {
+            checkpoint::set_status(&mut connection, *projection, "rebuilding").await?;
+        }
+        Ok(Self {
+            connection,
+            projections,
+        })
+    }
+
+    /// Rebuilds and swaps in; on failure drops the half-built tables and puts the state
+    /// back to `live`. Releases the lease either way.
+    pub async fn run(self, pool: &PgPool) -> Result<RebuildReport, RebuildError> {
+        let started = Instant::now();
+        let outcome = self.rebuild(pool).await;
+        if let Err(error) = &outcome {
+            warn!(error = %event_store::error_chain(error), "rebuild failed; the live tables stay");
+            if let Err(error) = self.abandon(pool).await {
+                warn!(error = %event_store::error_chain(&error), "could not clean up after the failed rebuild");
+            }
+        }
+        let projections = self
+            .projections
+            .iter()
+            .map(|projection| projection.name())
+            .collect();
+        self.release().await;
+        let (events, position) = outcome?;
+        let report = RebuildReport {
+            projections,
+            events,
+            position,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+        };
+        info!(?report, "rebuild swapped in");
+        Ok(report)
+    }
+
+    /// Unlocks before closing: the server releases a closed session's locks only once
+    /// its backend has exited, and the next rebuild may already be asking.
+    async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut self.connection)
+            .await;
+        let _ = self.connection.close().await;
+    }
+
+    async fn abandon(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        for projection in &self.projections {
+            sqlx::query(&format!(
+                "DROP TABLE IF EXISTS {SCHEMA}.{}{REBUILD_SUFFIX}",
+                projection.table()
+            ))
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query(
+                "UPDATE read_model.projection_checkpoints SET status = 'live' \
+                 WHERE projection = $1 AND status = 'rebuilding'",
+            )
+            .bind(projection.name())
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(projections = ?self.projections))]
+    async fn rebuild(&self, pool: &PgPool) -> Result<(u64, i64), RebuildError> {
+        let projections = &self.projections;
+        let mut writer = pool.acquire().await?;
+        for projection in projections {
+            let table = projection.table();
+            sqlx::query(&format!("DROP TABLE IF EXISTS {SCHEMA}.{table}{REBUILD_SUFFIX}"))
+                .execute(&mut *writer)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TABLE {SCHEMA}.{table}{REBUILD_SUFFIX} (LIKE {SCHEMA}.{table} INCLUDING ALL)"
+            ))
+            .execute(&mut *writer)
+            .await?;
+        }
+
+        let mut state = FoldState::default();
+        let mut position = 0;
+        let mut events = 0;
+        // Twice: the second pass takes what arrived during the first, so the pass under
+        // the checkpoint locks below is short.
+        for _pass in 0..2 {
+            let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
+                .fetch_one(&mut *writer)
+                .await?;
+            events += replay(pool, &mut writer, &mut state, projections, position, head).await?;
+            position = position.max(head);
+        }
+        flush_accounts(&mut writer, &mut state, projections).await?;
+        drop(writer);
+
+        let mut transaction = pool.begin().await?;
+        let mut live = 0;
+        for projection in projections {
+            live = live.max(checkpoint::lock(&mut transaction, *projection).await?);
+        }
+        if live > position {
+            events += replay(pool, &mut transaction, &mut state, projections, position, live).await?;
+            flush_accounts(&mut transaction, &mut state, projections).await?;
+            position = live;
+        }
+        for projection in projections {
+            swap(&mut transaction, *projection).await?;
+            sqlx::query(
+                "UPDATE read_model.projection_checkpoints SET position = $2, status = 'live', error = NULL, \
+                 updated_at = now() WHERE projection = $1",
+            )
+            .bind(projection.name())
+            .bind(position)
+            .execute(&mut *transaction)
+            .await?;
+            checkpoint::notify(&mut transaction, *projection, position).await?;
+        }
+        transaction.commit().await?;
+        metrics::counter!("projector_rebuilds_total").increment(1);
+        Ok((events, position))
+    }
+}
+
+/// Takes the lease and rebuilds: `projector rebuild` and the admin API.
+pub async fn rebuild(pool: &PgPool, projections: &[Projection]) -> Result<RebuildReport, RebuildError> {
+    RebuildLease::acquire(pool, projections).await?.run(pool).await
+}
+
+/// Puts back to `live` any projection left `rebuilding` by a rebuild whose process died
+/// (its lease is free, so no rebuild is running).
+pub async fn clear_abandoned(pool: &PgPool) -> Result<(), RebuildError> {
+    for projection in Projection::ALL {
+        match RebuildLease::acquire(pool, &[projection]).await {
+            Ok(lease) => {
+                let abandoned = lease.abandon(pool).await;
+                lease.release().await;
+                abandoned?;
+            }
+            Err(RebuildError::AlreadyRunning(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+async fn flush_accounts(
+    connection: &mut PgConnection,
+    state: &mut FoldState,
+    projections: &[Projection],
+) -> Result<(), sqlx::Error> {
+    if projections.contains(&Projection::Accounts) {
+        let table = format!("{}{REBUILD_SUFFIX}", Projection::Accounts.table());
+        state.flush(connection, Projection::Accounts, &table).await?;
+    }
+    Ok(())
+}
+
+/// Renames the rebuilt table in and drops the old one, keeping index names free of the
+/// rebuild suffix so that the next rebuild's names do not collide.
+async fn swap(connection: &mut PgConnection, projection: Projection) -> Result<(), sqlx::Error> {
+    let table = projection.table();
+    for statement in [
+        format!("ALTER TABLE {SCHEMA}.{table} RENAME TO {table}{OLD_SUFFIX}"),
+        format!("ALTER TABLE {SCHEMA}.{table}{REBUILD_SUFFIX} RENAME TO {table}"),
+        format!("DROP TABLE {SCHEMA}.{table}{OLD_SUFFIX}"),
+    ] {
+        sqlx::query(&statement).execute(&mut *connection).await?;
+    }
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = $2")
+            .bind(SCHEMA)
+            .bind(table)
+            .fetch_all(&mut *connection)
+            .await?;
+    for index in indexes.iter().filter(|index| index.contains(REBUILD_SUFFIX)) {
+        let renamed = index.replace(REBUILD_SUFFIX, "");
+        let taken: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)")
+                .bind(SCHEMA)
+                .bind(&renamed)
+                .fetch_one(&mut *connection)
+                .await?;
+        if !taken {
+            sqlx::query(&format!(
+                "ALTER INDEX {SCHEMA}.{} RENAME TO {}",
+                quote(index),
+                quote(&renamed)
+            ))
+            .execute(&mut *connection)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Folds every event in `(after, until]` into `state` and writes the statement and
+/// transfer rows into the rebuild tables as it goes (account rows are written by
+/// [`flush_accounts`], once). Returns the number of events.
+async fn replay(
+    pool: &PgPool,
+    writer: &mut PgConnection,
+    state: &mut FoldState,
+    projections: &[Projection],
+    after: i64,
+    until: i64,
+) -> Result<u64, RebuildError> {
+    if until <= after {
+        return Ok(0);
+    }
+    let (sender, mut receiver) = mpsc::channel(READ_AHEAD_CHUNKS);
+    let reader = tokio::spawn(read_chunks(pool.clone(), after, until, sender));
+    let mut events = 0u64;
+    let mut expected = after + 1;
+    while let Some(chunk) = receiver.recv().await {
+        let chunk = chunk?;
+        for event in &chunk {
+            // Guarantee 2, asserted where it is consumed.
+            if event.position != expected {
+                return Err(StoreError::PositionGap {
+                    expected,
+                    found: event.position,
+                }
+                .into());
+            }
+            expected += 1;
+            for projection in projections {
+                state.apply(*projection, event)?;
+            }
+        }
+        events += chunk.len() as u64;
+        for projection in projections {
+            if *projection != Projection::Accounts {
+                let table = format!("{}{REBUILD_SUFFIX}", projection.table());
+                state.flush(writer, *projection, &table).await?;
+            }
+        }
+    }
+    reader.await.map_err(|_| RebuildError::ReaderGone)?;
+    if expected != until + 1 {
+        return Err(StoreError::PositionGap {
+            expected,
+            found: until + 1,
+        }
+        .into());
+    }
+    metrics::counter!("projector_rebuild_events_total").increment(events);
+    Ok(events)
+}
+
+type Chunk = Result<Vec<ProjectedEvent>, RebuildError>;
+
+/// Reads `(after, until]` in keyset chunks and decodes them, one chunk ahead of the
+/// folding side. Only the columns the read models need are read (not metadata).
+async fn read_chunks(pool: PgPool, after: i64, until: i64, sender: mpsc::Sender<Chunk>) {
+    let mut position = after;
+    while position < until {
+        let chunk = read_chunk(&pool, position, until).await;
+        let last = match &chunk {
+            Ok(events) => events.last().map(|event| event.position),
+            Err(_) => None,
+        };
+        let failed = chunk.is_err();
+        if sender.send(chunk).await.is_err() || failed {
+            return;
+        }
+        match last {
+            Some(last) => position = last,
+            None => return,
+        }
+    }
+}
+
+type EventColumns = (
+    i64,
+    i64,
+    chrono::DateTime<chrono::Utc>,
+    String,
+    i32,
+    serde_json::Value,
+);
+
+async fn read_chunk(pool: &PgPool, after: i64, until: i64) -> Chunk {
+    let rows: Vec<EventColumns> = sqlx::query_as(
+        "SELECT position, stream_version, recorded_at, event_type, schema_version, data FROM events \
+         WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3",
+    )
+    .bind(after)
+    .bind(until)
+    .bind(REPLAY_CHUNK_EVENTS)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (position, stream_version, recorded_at, event_type, schema_version, data) in rows {
+        events.push(ProjectedEvent::from_parts(
+            position,
+            stream_version,
+            recorded_at,
+            &event_type,
+            schema_version,
+            data,
+        )?);
+    }
+    Ok(events)
+}

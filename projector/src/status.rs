@@ -1,0 +1,82 @@
+//! Where each projection stands: its position, the event store's head, the lag in
+//! events and in seconds, and its state. The same figures for `projector status`,
+//! `GET /projections` and the Prometheus metrics.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// One projection's status.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// The last position applied.
+    pub position: i64,
+    /// The event store's last position.
+    pub head: i64,
+    /// Events committed but not yet applied.
+    pub lag: i64,
+    /// How long the oldest event not yet applied has been waiting; 0 when caught up.
+    pub lag_seconds: f64,
+    /// `live`, `rebuilding` or `stopped`.
+    pub status: String,
+    /// Why the projection stopped, when it did.
+    pub error: Option<String>,
+    /// When the checkpoint row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every projection's status, read in one statement (one snapshot).
+pub async fn read(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.projection AS name, c.position, h.position AS head, \
+             GREATEST(h.position - c.position, 0) AS lag, \
+             COALESCE(EXTRACT(EPOCH FROM now() - ( \
+                 SELECT e.recorded_at FROM events e WHERE e.position = c.position + 1)), 0)::float8 \
+                 AS lag_seconds, \
+             c.status, c.error, c.updated_at \
+         FROM read_model.projection_checkpoints c CROSS JOIN event_store_head h \
+         ORDER BY c.projection",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The states a projection can be in, for the one-hot state gauge.
+const STATES: [&str; 3] = ["live", "rebuilding", "stopped"];
+
+/// Sets the Prometheus gauges from `statuses`.
+pub fn publish_metrics(statuses: &[ProjectionStatus]) {
+    for status in statuses {
+        let name = status.name.clone();
+        metrics::gauge!("projector_position", "projection" => name.clone()).set(status.position as f64);
+        metrics::gauge!("projector_head").set(status.head as f64);
+        metrics::gauge!("projector_lag_events", "projection" => name.clone()).set(status.lag as f64);
+        metrics::gauge!("projector_lag_seconds", "projection" => name.clone()).set(status.lag_seconds);
+        for state in STATES {
+            let value = if status.status == state { 1.0 } else { 0.0 };
+            metrics::gauge!("projector_state", "projection" => name.clone(), "state" => state).set(value);
+        }
+    }
+}
+
+/// A fixed-width table for `projector status`.
+pub fn render_table(statuses: &[ProjectionStatus]) -> String {
+    let mut out = format!(
+        "{:<22} {:>12} {:>12} {:>10} {:>10}  {:<10} {}\n",
+        "projection", "position", "head", "lag", "lag_s", "state", "error"
+    );
+    for status in statuses {
+        out.push_str(&format!(
+            "{:<22} {:>12} {:>12} {:>10} {:>10.3}  {:<10} {}\n",
+            status.name,
+            status.position,
+            status.head,
+            status.lag,
+            status.lag_seconds,
+            status.status,
+            status.error.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
