@@ -1,15 +1,49 @@
-//! `query-api`: serves the read models and the audit log.
+//! `query-api`: serves the read models, the audit log and account history, read-only.
 //!
 //! # Layout
 //!
 //! - [`Config`]: flags and environment.
-//! - [`run`]: connects, migrates and serves until shutdown.
+//! - [`run`]: migrates as the owner, then connects as the read-only role and serves
+//!   until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
+//! - [`database`]: the reader's connections (least privilege).
+//! - [`progress`]: each read model's and the log's position, kept current by one
+//!   LISTEN connection; [`consistency`] waits on it for `min_position`.
+//! - [`views`]: accounts, transactions, transfers (read models).
+//! - [`audit`], [`live`]: the audit log, paged and as a live SSE tail.
+//! - [`history`]: an account folded from its events up to a position or time.
+//! - [`projections`]: `GET /projections`.
+//! - [`params`], [`cursor`]: parsing parameters and opaque cursors into 400s.
+//! - [`error`]: every failure as `application/problem+json`.
+//! - [`openapi`]: `GET /openapi.json`.
+
+pub mod audit;
+pub mod consistency;
+pub mod cursor;
+pub mod database;
+pub mod error;
+pub mod history;
+pub mod live;
+pub mod openapi;
+pub mod params;
+pub mod progress;
+pub mod projections;
+pub mod views;
 
 use std::future::Future;
 
 use axum::Router;
+use axum::http::Uri;
+use axum::middleware;
+use axum::routing::get;
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::QueryError;
+use crate::live::LiveTails;
+use crate::progress::Progress;
 
 /// The query-api's settings; every flag also reads the environment variable named.
 #[derive(Debug, Clone, clap::Parser)]
@@ -21,6 +55,12 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
     pub listen: String,
+
+    /// PostgreSQL URL the queries run with: a role that may only read. Defaults to
+    /// `--database-url` with the user `eventledger_reader` and no password (enough
+    /// under trust authentication); give one with a password otherwise.
+    #[arg(long, env = "QUERY_API_READER_DATABASE_URL")]
+    pub reader_database_url: Option<String>,
 }
 
 /// Why the query-api stopped with an error.
@@ -28,6 +68,8 @@ pub struct Config {
 pub enum RunError {
     #[error("could not start")]
     Startup(#[from] StartupError),
+    #[error("could not connect as the read-only role")]
+    Reader(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -35,31 +77,125 @@ pub enum RunError {
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// Connections as the read-only role; every query runs on these.
+    pub pool: PgPool,
+    /// Positions of the read models and the log, for read-your-writes.
+    pub progress: Progress,
+    /// The bound on open live tails.
+    pub live_tails: LiveTails,
+    /// Cancelled when the process stops, so that live tails end.
+    pub stop: CancellationToken,
     pub readiness: Readiness,
 }
 
 /// The query-api's routes.
 pub fn app(state: AppState) -> Router {
-    process::ops_router(state.readiness)
+    let queries = Router::new()
+        .route("/accounts", get(views::accounts::list_accounts))
+        .route("/accounts/{id}", get(views::accounts::get_account))
+        .route(
+            "/accounts/{id}/transactions",
+            get(views::transactions::list_transactions),
+        )
+        .route("/accounts/{id}/history", get(history::account_history))
+        .route("/transfers/{id}", get(views::transfers::get_transfer))
+        .route("/audit/events", get(audit::list_events))
+        .route("/audit/events/live", get(live::live_events))
+        .route("/audit/streams/{stream_id}", get(audit::stream_events))
+        .route("/projections", get(projections::list_projections))
+        .route_layer(middleware::from_fn_with_state(
+            state.progress.clone(),
+            progress::projection_position_header,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .merge(queries)
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(process::ops_router(state.readiness))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// Connects to PostgreSQL (creating and migrating the database) and NATS, and serves
-/// until `shutdown` completes.
+async fn route_not_found(uri: Uri) -> QueryError {
+    QueryError::RouteNotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> QueryError {
+    QueryError::MethodNotAllowed
+}
+
+/// Everything [`app`] needs once the database is migrated: the reader pool, and the
+/// position listener running on a connection of its own until `stop`.
+pub async fn start(
+    reader_options: sqlx::postgres::PgConnectOptions,
+    max_connections: u32,
+    nats: async_nats::Client,
+    stop: CancellationToken,
+) -> Result<AppState, sqlx::Error> {
+    let pool = database::connect_reader(reader_options.clone(), max_connections).await?;
+    let progress = Progress::new();
+    progress.reload(&pool).await?;
+    // The listener keeps its connection for good: a pool of its own, so it never takes
+    // a slot from the requests.
+    let listener_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(process::database::ACQUIRE_TIMEOUT)
+        .connect_lazy_with(reader_options);
+    tokio::spawn(progress::run_listener(
+        progress.clone(),
+        listener_pool,
+        stop.clone(),
+    ));
+    Ok(AppState {
+        readiness: Readiness {
+            pool: pool.clone(),
+            nats,
+        },
+        pool,
+        progress,
+        live_tails: LiveTails::default(),
+        stop,
+    })
+}
+
+/// Connects to PostgreSQL (creating and migrating the database as its owner) and NATS,
+/// then serves as the read-only role until `shutdown` completes.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let pool = process::database::connect_and_migrate(
-        &config.common.database_url,
-        config.common.database_max_connections,
-    )
-    .await?;
+    // Migrations need the owner; nothing else in this process does.
+    let owner = process::database::connect_and_migrate(&config.common.database_url, 1).await?;
+    owner.close().await;
+    let reader_options =
+        database::reader_options(&config.common.database_url, config.reader_database_url.as_deref())
+            .map_err(RunError::Reader)?;
     let nats = process::nats::connect(&config.common.nats_url, "query-api").await?;
     let listener = process::serve::bind(&config.listen).await?;
-    let state = AppState {
-        readiness: Readiness { pool, nats },
+    let stop = CancellationToken::new();
+    let state = start(
+        reader_options,
+        config.common.database_max_connections,
+        nats,
+        stop.clone(),
+    )
+    .await
+    .map_err(RunError::Reader)?;
+    let stopping = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
     };
-    process::serve::serve(listener, app(state), shutdown)
-        .await
-        .map_err(RunError::Serve)
+    let served = serve(listener, state, shutdown).await;
+    stop.cancel();
+    served.map_err(RunError::Serve)
+}
+
+/// Serves [`app`] on `listener` until `shutdown`, for embedding (the benchmark).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    process::serve::serve(listener, app(state), shutdown).await
 }

@@ -1,0 +1,155 @@
+//! Every way a query can fail, and the one place each becomes an HTTP answer: an
+//! `application/problem+json` body (RFC 9457) with a stable `type` per cause. Internal
+//! failures are logged here with their cause chain and answered without it.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use event_store::StoreError;
+use serde_json::json;
+
+use crate::progress::PROJECTION_POSITION_HEADER;
+
+/// The base of every problem `type` URI; the last segment names the cause.
+pub const PROBLEM_TYPE_BASE: &str = "https://eventledger.dev/problems/";
+
+/// A failed query.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// 400 `validation`: a path or query parameter is malformed or out of range.
+    #[error("invalid parameter `{parameter}`: {detail}")]
+    Validation { parameter: &'static str, detail: String },
+    /// 404 `account-not-found`.
+    #[error("account {0} not found")]
+    AccountNotFound(uuid::Uuid),
+    /// 404 `transfer-not-found`.
+    #[error("transfer {0} not found")]
+    TransferNotFound(uuid::Uuid),
+    /// 404 `stream-not-found`: the log holds no event of this stream.
+    #[error("stream {0} not found")]
+    StreamNotFound(String),
+    /// 404 `route-not-found`: no endpoint at this path.
+    #[error("no endpoint at {0}")]
+    RouteNotFound(String),
+    /// 405 `method-not-allowed`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 503 `projection-behind` with `Retry-After`: the read model did not reach the
+    /// client's `min_position` within `wait_ms`.
+    #[error("the read model is at position {position}, not yet at {min_position}")]
+    ProjectionBehind {
+        min_position: i64,
+        position: i64,
+        retry_after: Duration,
+    },
+    /// 503 `too-many-live-tails` with `Retry-After`: every live tail slot is taken.
+    #[error("too many live tails are open; try again later")]
+    TooManyLiveTails,
+    /// 500 `internal`: the database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// 500 `internal`: the event store failed or broke an invariant.
+    #[error("event store error")]
+    Store(#[from] StoreError),
+    /// 500 `internal`: a stored event cannot be decoded or folded: the log is corrupt.
+    #[error("stored event at position {position} cannot be folded")]
+    Corrupt {
+        position: i64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Handlers' result.
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+impl QueryError {
+    /// A 400 for `parameter`.
+    pub fn validation(parameter: &'static str, detail: impl Into<String>) -> Self {
+        Self::Validation {
+            parameter,
+            detail: detail.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Validation { .. } => (StatusCode::BAD_REQUEST, "validation", "Invalid request"),
+            Self::AccountNotFound(_) => (StatusCode::NOT_FOUND, "account-not-found", "Account not found"),
+            Self::TransferNotFound(_) => (StatusCode::NOT_FOUND, "transfer-not-found", "Transfer not found"),
+            Self::StreamNotFound(_) => (StatusCode::NOT_FOUND, "stream-not-found", "Stream not found"),
+            Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route-not-found", "No such endpoint"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Self::ProjectionBehind { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection-behind",
+                "Read model not yet at the requested position",
+            ),
+            Self::TooManyLiveTails => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-live-tails",
+                "Too many live tails",
+            ),
+            Self::Database(_) | Self::Store(_) | Self::Corrupt { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.status_and_code();
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %event_store::error_chain(&self), "query failed");
+            "the server could not answer; the failure is logged".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut body = json!({
+            "type": format!("{PROBLEM_TYPE_BASE}{code}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let Self::Validation { parameter, .. } = &self {
+            body["parameter"] = json!(parameter);
+        }
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response();
+        let retry_after = match self {
+            Self::ProjectionBehind {
+                position,
+                retry_after,
+                ..
+            } => {
+                body_position(&mut response, position);
+                Some(retry_after)
+            }
+            Self::TooManyLiveTails => Some(crate::consistency::RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
+            let seconds = retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+fn body_position(response: &mut Response, position: i64) {
+    response
+        .headers_mut()
+        .insert(PROJECTION_POSITION_HEADER, HeaderValue::from(position));
+}

@@ -1,0 +1,264 @@
+//! `GET /accounts/{id}` and `GET /accounts?status=&currency=&limit=&cursor=`.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder};
+use tracing::instrument;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::checkpoint_of;
+use crate::AppState;
+use crate::consistency::{Consistency, Projected, read_consistent};
+use crate::cursor;
+use crate::error::{QueryError, Result};
+use crate::params::{self, Params, PathText};
+use crate::progress::Source;
+
+/// The account holder; `null` in an account once personal data is erased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OwnerView {
+    pub name: String,
+    pub email: String,
+}
+
+/// One account as the read model holds it (API.md `GET /accounts/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountView {
+    pub account_id: Uuid,
+    pub owner: Option<OwnerView>,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Minor units of the currency.
+    pub balance: i64,
+    pub overdraft_limit: i64,
+    /// `open`, `frozen` or `closed`.
+    pub status: String,
+    /// The account stream's version: the `ETag` a command's `If-Match` names.
+    pub version: i64,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountPage {
+    pub items: Vec<AccountView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The checkpoint joined to at most one account row: every account column may be NULL.
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    checkpoint: i64,
+    account_id: Option<Uuid>,
+    owner_name: Option<String>,
+    owner_email: Option<String>,
+    currency: Option<String>,
+    balance: Option<i64>,
+    overdraft_limit: Option<i64>,
+    status: Option<String>,
+    version: Option<i64>,
+    opened_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl AccountRow {
+    fn view(self) -> Option<AccountView> {
+        let owner = match (self.owner_name, self.owner_email) {
+            (Some(name), Some(email)) => Some(OwnerView { name, email }),
+            _ => None,
+        };
+        Some(AccountView {
+            account_id: self.account_id?,
+            owner,
+            currency: self.currency?,
+            balance: self.balance?,
+            overdraft_limit: self.overdraft_limit?,
+            status: self.status?,
+            version: self.version?,
+            opened_at: self.opened_at?,
+            updated_at: self.updated_at?,
+        })
+    }
+}
+
+/// The account columns, in [`AccountRow`]'s order.
+macro_rules! account_columns {
+    () => {
+        "account_id, owner_name, owner_email, currency, balance, overdraft_limit, status, \
+         version, opened_at, updated_at"
+    };
+}
+
+/// One account.
+#[utoipa::path(
+    get,
+    path = "/accounts/{id}",
+    tag = "accounts",
+    params(
+        ("id" = Uuid, Path, description = "The account id."),
+        ("min_position" = Option<i64>, Query, description = "Wait until the read model includes this position."),
+        ("wait_ms" = Option<u64>, Query, description = "How long to wait for `min_position` (default 2000, at most 10000)."),
+    ),
+    responses(
+        (status = 200, description = "The account.", body = AccountView),
+        (status = 400, description = "Malformed id or parameter.", content_type = "application/problem+json"),
+        (status = 404, description = "No such account.", content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached within `wait_ms`.", content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    PathText(id): PathText,
+    consistency: Consistency,
+) -> Result<Projected<Json<AccountView>>> {
+    let account_id = params::uuid("id", &id)?;
+    let answer = read_consistent(&state.progress, Source::Accounts, consistency, || {
+        read_account(&state, account_id)
+    })
+    .await?;
+    let account = answer.body.ok_or(QueryError::AccountNotFound(account_id))?;
+    Ok(Projected {
+        position: answer.position,
+        body: Json(account),
+    })
+}
+
+#[instrument(skip_all, fields(account_id = %account_id))]
+async fn read_account(state: &AppState, account_id: Uuid) -> Result<Projected<Option<AccountView>>> {
+    let row: AccountRow = sqlx::query_as(concat!(
+        "SELECT checkpoint.position AS checkpoint, ",
+        account_columns!(),
+        " FROM ",
+        checkpoint_of!("accounts"),
+        " LEFT JOIN read_model.accounts ON account_id = $1"
+    ))
+    .bind(account_id)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(Projected {
+        position: row.checkpoint,
+        body: row.view(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    currency: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// What `GET /accounts` was asked for, validated.
+struct ListFilter {
+    status: Option<String>,
+    currency: Option<String>,
+    limit: i64,
+    after: Option<Uuid>,
+}
+
+impl ListFilter {
+    fn parse(params: ListParams) -> Result<Self> {
+        let status = params
+            .status
+            .map(|status| match status.as_str() {
+                "open" | "frozen" | "closed" => Ok(status),
+                _ => Err(QueryError::validation("status", "must be open, frozen or closed")),
+            })
+            .transpose()?;
+        let currency = params
+            .currency
+            .map(|code| {
+                domain::Currency::parse(&code)
+                    .map(|currency| currency.as_str().to_owned())
+                    .map_err(|_| QueryError::validation("currency", "must be an ISO 4217 code such as EUR"))
+            })
+            .transpose()?;
+        Ok(Self {
+            status,
+            currency,
+            limit: params::limit(params.limit.as_deref())?,
+            after: params.cursor.as_deref().map(cursor::decode_account).transpose()?,
+        })
+    }
+}
+
+/// Accounts in id order, filtered by status and currency.
+#[utoipa::path(
+    get,
+    path = "/accounts",
+    tag = "accounts",
+    params(
+        ("status" = Option<String>, Query, description = "`open`, `frozen` or `closed`."),
+        ("currency" = Option<String>, Query, description = "ISO 4217 code."),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 50)."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("min_position" = Option<i64>, Query, description = "Wait until the read model includes this position."),
+        ("wait_ms" = Option<u64>, Query, description = "How long to wait for `min_position` (default 2000, at most 10000)."),
+    ),
+    responses(
+        (status = 200, description = "A page of accounts.", body = AccountPage),
+        (status = 400, description = "Malformed parameter or cursor.", content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached within `wait_ms`.", content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    Params(params): Params<ListParams>,
+    consistency: Consistency,
+) -> Result<Projected<Json<AccountPage>>> {
+    let filter = ListFilter::parse(params)?;
+    read_consistent(&state.progress, Source::Accounts, consistency, || {
+        read_page(&state, &filter)
+    })
+    .await
+    .map(|answer| Projected {
+        position: answer.position,
+        body: Json(answer.body),
+    })
+}
+
+#[instrument(skip_all)]
+async fn read_page(state: &AppState, filter: &ListFilter) -> Result<Projected<AccountPage>> {
+    // Only the filters given appear in the statement, so each combination gets a plan
+    // that uses its index (status, currency, account_id) or (currency, account_id).
+    let mut query = QueryBuilder::<Postgres>::new(concat!(
+        "SELECT checkpoint.position AS checkpoint, page.* FROM ",
+        checkpoint_of!("accounts"),
+        " LEFT JOIN LATERAL (SELECT ",
+        account_columns!(),
+        " FROM read_model.accounts WHERE true"
+    ));
+    if let Some(status) = &filter.status {
+        query.push(" AND status = ").push_bind(status.clone());
+    }
+    if let Some(currency) = &filter.currency {
+        query.push(" AND currency = ").push_bind(currency.clone());
+    }
+    if let Some(after) = filter.after {
+        query.push(" AND account_id > ").push_bind(after);
+    }
+    // One row more than the page tells whether another page follows.
+    query
+        .push(" ORDER BY account_id LIMIT ")
+        .push_bind(filter.limit + 1)
+        .push(") page ON true ORDER BY page.account_id");
+    let rows: Vec<AccountRow> = query.build_query_as().fetch_all(&state.pool).await?;
+    let position = rows.first().map_or(0, |row| row.checkpoint);
+    let mut items: Vec<AccountView> = rows.into_iter().filter_map(AccountRow::view).collect();
+    let next_cursor = if items.len() as i64 > filter.limit {
+        items.truncate(filter.limit as usize);
+        items.last().map(|last| cursor::encode_account(last.account_id))
+    } else {
+        None
+    };
+    Ok(Projected {
+        position,
+        body: AccountPage { items, next_cursor },
+    })
+}

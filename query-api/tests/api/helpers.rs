@@ -1,0 +1,255 @@
+//! `spawn_app` and fixtures: a query API on port 0 over a fresh database, read-model
+//! rows inserted directly (as the projector would write them), and events appended
+//! through the event store from domain events.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::{AccountEvent, AccountId, Amount, Currency, OverdraftLimit, Owner};
+use event_store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
+use query_api::database::{READER_ROLE, restrict};
+use query_api::progress::PROJECTED_CHANNEL;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A query API serving over real HTTP, and the owner's pool to arrange its data.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// The owner's pool (migrations, fixtures); the app itself runs as the reader.
+    pub pool: PgPool,
+    /// The app's own state, for tests of what its pool may do.
+    pub state: query_api::AppState,
+    pub store: EventStore,
+    stop: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    let reader = restrict(
+        (*pool.connect_options())
+            .clone()
+            .username(READER_ROLE)
+            .password(""),
+    );
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let nats = event_store::process::nats::connect(&nats_url, "query-api-test")
+        .await
+        .expect("NATS client");
+    let stop = CancellationToken::new();
+    let state = query_api::start(reader, 4, nats, stop.clone())
+        .await
+        .expect("query API state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().expect("local address"));
+    let router = query_api::app(state.clone());
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .await
+    });
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client"),
+        store: EventStore::new(pool.clone()),
+        pool,
+        state,
+        stop,
+    }
+}
+
+impl TestApp {
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path_and_query}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GET, asserting the status, returning the JSON body.
+    pub async fn get_json(&self, path_and_query: &str, status: u16) -> serde_json::Value {
+        let response = self.get(path_and_query).await;
+        assert_eq!(response.status().as_u16(), status, "GET {path_and_query}");
+        response.json().await.expect("JSON body")
+    }
+
+    /// GET expecting a problem: asserts status, content type and `type` suffix.
+    pub async fn get_problem(&self, path_and_query: &str, status: u16, code: &str) -> serde_json::Value {
+        let response = self.get(path_and_query).await;
+        assert_eq!(response.status().as_u16(), status, "GET {path_and_query}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "GET {path_and_query}"
+        );
+        let body: serde_json::Value = response.json().await.expect("problem body");
+        assert_eq!(
+            body["type"],
+            format!("https://eventledger.dev/problems/{code}"),
+            "GET {path_and_query}: {body}"
+        );
+        assert_eq!(body["status"], status);
+        body
+    }
+
+    /// Moves a projection's checkpoint and notifies, in one transaction, as the
+    /// projector does.
+    pub async fn set_checkpoint(&self, projection: &str, position: i64) {
+        set_checkpoint(&self.pool, projection, position).await;
+    }
+
+    pub async fn insert_account(&self, account: &AccountFixture) {
+        sqlx::query(
+            "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
+             overdraft_limit, status, version, opened_at, updated_at, last_position) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(account.account_id)
+        .bind(account.owner.as_ref().map(|(name, _)| name.clone()))
+        .bind(account.owner.as_ref().map(|(_, email)| email.clone()))
+        .bind(&account.currency)
+        .bind(account.balance)
+        .bind(0_i64)
+        .bind(&account.status)
+        .bind(account.version)
+        .bind(account.opened_at)
+        .bind(account.opened_at)
+        .bind(account.version)
+        .execute(&self.pool)
+        .await
+        .expect("account row");
+    }
+
+    pub async fn insert_transaction(
+        &self,
+        account_id: Uuid,
+        position: i64,
+        kind: &str,
+        amount: i64,
+        balance_after: i64,
+    ) {
+        sqlx::query(
+            "INSERT INTO read_model.account_transactions (account_id, position, kind, amount, \
+             balance_after, reference, transfer_id, counterparty_account_id, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, now())",
+        )
+        .bind(account_id)
+        .bind(position)
+        .bind(kind)
+        .bind(amount)
+        .bind(balance_after)
+        .bind(format!("ref {position}"))
+        .execute(&self.pool)
+        .await
+        .expect("transaction row");
+    }
+
+    /// Appends account events through the event store as `actor` under `correlation_id`.
+    pub async fn append(
+        &self,
+        account_id: AccountId,
+        expected: ExpectedVersion,
+        events: Vec<AccountEvent>,
+        actor: &str,
+        correlation_id: &str,
+    ) -> AppendOutcome {
+        let events = events
+            .iter()
+            .map(|event| NewEvent::from_domain(event.to_stored(), metadata(actor, correlation_id)))
+            .collect();
+        self.store
+            .append(AppendRequest::single(account_id.stream_id(), expected, events))
+            .await
+            .expect("append")
+    }
+}
+
+pub async fn set_checkpoint(pool: &PgPool, projection: &str, position: i64) {
+    let mut transaction = pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO read_model.projection_checkpoints (projection, position) VALUES ($1, $2) \
+         ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(projection)
+    .bind(position)
+    .execute(&mut *transaction)
+    .await
+    .expect("checkpoint");
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(PROJECTED_CHANNEL)
+        .bind(format!("{projection}:{position}"))
+        .execute(&mut *transaction)
+        .await
+        .expect("notify");
+    transaction.commit().await.expect("commit");
+}
+
+pub fn metadata(actor: &str, correlation_id: &str) -> Metadata {
+    Metadata {
+        actor: actor.to_owned(),
+        correlation_id: correlation_id.to_owned(),
+        causation_id: None,
+        command: "test".to_owned(),
+        idempotency_key: None,
+        trace: None,
+    }
+}
+
+/// A read-model account row.
+pub struct AccountFixture {
+    pub account_id: Uuid,
+    pub owner: Option<(String, String)>,
+    pub currency: String,
+    pub balance: i64,
+    pub status: String,
+    pub version: i64,
+    pub opened_at: DateTime<Utc>,
+}
+
+impl AccountFixture {
+    pub fn new(currency: &str, status: &str) -> Self {
+        Self {
+            account_id: Uuid::now_v7(),
+            owner: Some(("Ada Lovelace".to_owned(), "ada@example.com".to_owned())),
+            currency: currency.to_owned(),
+            balance: 1250,
+            status: status.to_owned(),
+            version: 2,
+            opened_at: Utc::now(),
+        }
+    }
+}
+
+pub fn opened(account_id: AccountId) -> AccountEvent {
+    AccountEvent::AccountOpened {
+        account_id,
+        owner: Some(Owner::parse("Ada Lovelace", "ada@example.com").expect("owner")),
+        currency: Currency::parse("EUR").expect("currency"),
+        overdraft_limit: OverdraftLimit::new(0).expect("limit"),
+    }
+}
+
+pub fn deposited(account_id: AccountId, amount: i64) -> AccountEvent {
+    AccountEvent::FundsDeposited {
+        account_id,
+        amount: Amount::new(amount).expect("amount"),
+        reference: None,
+    }
+}
+
+pub fn erased(account_id: AccountId) -> AccountEvent {
+    AccountEvent::PersonalDataErased { account_id }
+}

@@ -1,0 +1,14 @@
+//! The query API over real HTTP: every endpoint's answers and errors, read-your-writes,
+//! the audit log's indexes, the live tail, history, least privilege and the OpenAPI
+//! description. Each test gets a fresh database (`#[sqlx::test]`) and its own server
+//! on port 0.
+
+mod audit;
+mod consistency;
+mod explain;
+mod helpers;
+mod history;
+mod live;
+mod openapi;
+mod privilege;
+mod views;
