@@ -1,0 +1,281 @@
+//! Query API throughput and latency over real HTTP: `GET /accounts/{id}` over 100,000
+//! accounts, and audit queries by actor and by correlation id over 1,000,000 events.
+//! The query API runs in this process, as the read-only role, against a throwaway
+//! database; requests go through the loopback interface. Prints a Markdown table.
+//!
+//! `cargo run --release -p tests --bin bench-queries -- --seconds 10`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tests::bench::{BenchDatabase, machine};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Accounts in the read model (issue 5).
+const ACCOUNTS: i64 = 100_000;
+
+/// Events in the log (issue 5).
+const EVENTS: i64 = 1_000_000;
+
+/// Events per seeding statement: bounds one statement's memory and WAL burst.
+const EVENTS_PER_INSERT: i64 = 100_000;
+
+/// Distinct actors: 1,000 events each, so an actor query has deep pages to page through.
+const ACTORS: i64 = 1_000;
+
+/// Events per correlation id: one command's worth (a transfer writes three).
+const EVENTS_PER_CORRELATION: i64 = 4;
+
+/// The longest a request may take before it counts as failed (1 minute, in µs): the
+/// histogram's upper bound.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+#[derive(Parser)]
+struct Args {
+    /// Server URL; a throwaway database is created beside the one named and dropped after.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent HTTP connections for `GET /accounts/{id}`.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Concurrent HTTP connections for the audit queries.
+    #[arg(long, default_value_t = 8)]
+    audit_connections: usize,
+    /// The query API's pool size (its `DATABASE_MAX_CONNECTIONS`).
+    #[arg(long, default_value_t = 16)]
+    pool_size: u32,
+}
+
+/// A small deterministic generator, so runs ask for the same spread of keys.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+struct Measured {
+    requests_per_second: f64,
+    histogram: Histogram<u64>,
+    failures: u64,
+}
+
+/// Runs `connections` workers for `duration`, each asking for the path `next_path`
+/// gives it, and records every request's latency.
+async fn measure(
+    client: &reqwest::Client,
+    base: &str,
+    connections: usize,
+    duration: Duration,
+    next_path: Arc<dyn Fn(&mut XorShift) -> String + Send + Sync>,
+) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..connections)
+        .map(|worker| {
+            let client = client.clone();
+            let base = base.to_owned();
+            let next_path = next_path.clone();
+            tokio::spawn(async move {
+                let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1));
+                let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3)?;
+                let mut failures = 0u64;
+                while Instant::now() < deadline {
+                    let url = format!("{base}{}", next_path(&mut random));
+                    let sent = Instant::now();
+                    let ok = match client.get(&url).send().await {
+                        Ok(response) => {
+                            let ok = response.status().is_success();
+                            response.bytes().await.is_ok() && ok
+                        }
+                        Err(_) => false,
+                    };
+                    let micros = sent.elapsed().as_micros() as u64;
+                    histogram.saturating_record(micros.min(MAX_LATENCY_US));
+                    if !ok {
+                        failures += 1;
+                    }
+                }
+                anyhow::Ok((histogram, failures))
+            })
+        })
+        .collect();
+    let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3)?;
+    let mut failures = 0;
+    for worker in workers {
+        let (part, failed) = worker.await??;
+        histogram.add(part)?;
+        failures += failed;
+    }
+    Ok(Measured {
+        requests_per_second: histogram.len() as f64 / started.elapsed().as_secs_f64(),
+        histogram,
+        failures,
+    })
+}
+
+fn row(name: &str, connections: usize, measured: &Measured) {
+    let ms = |quantile: f64| measured.histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    println!(
+        "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        measured.requests_per_second,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        measured.histogram.max() as f64 / 1000.0,
+        measured.failures,
+    );
+}
+
+async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
+         overdraft_limit, status, version, opened_at, updated_at, last_position) \
+         SELECT md5(g::text)::uuid, 'Owner ' || g, 'owner' || g || '@example.com', \
+                CASE WHEN g % 3 = 0 THEN 'USD' ELSE 'EUR' END, g * 10, 0, 'open', 2, now(), now(), g \
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(ACCOUNTS)
+    .execute(&database.pool)
+    .await?;
+    let mut first = 1;
+    while first <= EVENTS {
+        let last = (first + EVENTS_PER_INSERT - 1).min(EVENTS);
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+             schema_version, data, metadata, recorded_at) \
+             SELECT g, gen_random_uuid(), 'account-' || md5((g % $3)::text)::uuid, g / $3 + 1, \
+                    'FundsDeposited', 1, jsonb_build_object('amount', g, 'reference', 'bench'), \
+                    jsonb_build_object('actor', 'actor-' || (g % $4), \
+                                       'correlation_id', 'corr-' || (g / $5), 'command', 'deposit'), \
+                    timestamptz '2026-01-01 00:00:00+00' + g * interval '10 milliseconds' \
+             FROM generate_series($1::bigint, $2::bigint) AS g",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(ACCOUNTS)
+        .bind(ACTORS)
+        .bind(EVENTS_PER_CORRELATION)
+        .execute(&database.pool)
+        .await?;
+        first = last + 1;
+    }
+    sqlx::query("UPDATE event_store_head SET position = $1")
+        .bind(EVENTS)
+        .execute(&database.pool)
+        .await?;
+    sqlx::query("UPDATE read_model.projection_checkpoints SET position = $1")
+        .bind(EVENTS)
+        .execute(&database.pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&database.pool).await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT account_id FROM read_model.accounts")
+        .fetch_all(&database.pool)
+        .await?;
+    eprintln!(
+        "seeded {ACCOUNTS} accounts and {EVENTS} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ids)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.seconds);
+    let database = BenchDatabase::create(&args.database_url, 4).await?;
+    let ids = Arc::new(seed(&database).await?);
+
+    let reader = query_api::database::reader_options(&database.url, None)?;
+    let nats = event_store::process::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
+    let stop = CancellationToken::new();
+    let state = query_api::start(reader, args.pool_size, nats, stop.clone()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stopping = stop.clone();
+    let server = tokio::spawn(query_api::serve(listener, state, async move {
+        stopping.cancelled().await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+
+    println!("Machine: {}", machine());
+    println!();
+    println!(
+        "{ACCOUNTS} accounts in the read model, {EVENTS} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}.",
+        ACTORS, args.seconds, args.pool_size
+    );
+    println!();
+    println!("| request | connections | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | failed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+
+    let accounts = ids.clone();
+    let by_id = measure(
+        &client,
+        &base,
+        args.connections,
+        duration,
+        Arc::new(move |random| {
+            let id = accounts[random.below(accounts.len() as u64) as usize];
+            format!("/accounts/{id}")
+        }),
+    )
+    .await?;
+    row("`GET /accounts/{id}`", args.connections, &by_id);
+
+    let by_actor = measure(
+        &client,
+        &base,
+        args.audit_connections,
+        duration,
+        Arc::new(|random| {
+            let actor = random.below(ACTORS as u64);
+            let after = random.below(EVENTS as u64);
+            format!("/audit/events?actor=actor-{actor}&after={after}&limit=50")
+        }),
+    )
+    .await?;
+    row(
+        "`GET /audit/events?actor=…&after=…` (50 per page)",
+        args.audit_connections,
+        &by_actor,
+    );
+
+    let by_correlation = measure(
+        &client,
+        &base,
+        args.audit_connections,
+        duration,
+        Arc::new(|random| {
+            let correlation = random.below((EVENTS / EVENTS_PER_CORRELATION) as u64);
+            format!("/audit/events?correlation_id=corr-{correlation}")
+        }),
+    )
+    .await?;
+    row(
+        "`GET /audit/events?correlation_id=…`",
+        args.audit_connections,
+        &by_correlation,
+    );
+
+    stop.cancel();
+    server.await??;
+    database.drop_now().await?;
+    Ok(())
+}
