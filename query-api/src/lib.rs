@@ -3,9 +3,10 @@
 //! # Layout
 //!
 //! - [`Config`]: flags and environment.
-//! - [`run`]: migrates as the owner, then connects as the read-only role and serves
-//!   until shutdown.
+//! - [`run`]: checks the token key (no key, no start), migrates as the owner, then
+//!   connects as the read-only role and serves until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
+//! - [`access`]: the role each route needs.
 //! - [`database`]: the reader's connections (least privilege).
 //! - [`progress`]: each read model's and the log's position, kept current by one
 //!   LISTEN connection; [`consistency`] waits on it for `min_position`.
@@ -17,6 +18,7 @@
 //! - [`error`]: every failure as `application/problem+json`.
 //! - [`openapi`]: `GET /openapi.json`.
 
+pub mod access;
 pub mod audit;
 pub mod consistency;
 pub mod cursor;
@@ -31,15 +33,19 @@ pub mod projections;
 pub mod views;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use axum::Router;
 use axum::http::Uri;
-use axum::middleware;
 use axum::routing::get;
+use axum::{Json, Router, middleware};
+use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::QueryError;
 use crate::live::LiveTails;
@@ -51,6 +57,9 @@ use crate::progress::Progress;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
 
     /// Address to serve HTTP on.
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
@@ -66,6 +75,8 @@ pub struct Config {
 /// Why the query-api stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the token settings cannot be used")]
+    Auth(#[from] AuthConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
     #[error("could not connect as the read-only role")]
@@ -86,23 +97,35 @@ pub struct AppState {
     /// Cancelled when the process stops, so that live tails end.
     pub stop: CancellationToken,
     pub readiness: Readiness,
+    /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
+    pub access: AccessControl,
 }
 
-/// The query-api's routes.
+/// The query routes and their OpenAPI document, from one declaration each (the
+/// handler's `#[utoipa::path]`), so that the router, the document and, through the test
+/// comparing the document with [`access::ACCESS`], the access table cannot drift.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(views::accounts::list_accounts))
+        .routes(routes!(views::accounts::get_account))
+        .routes(routes!(views::transactions::list_transactions))
+        .routes(routes!(history::account_history))
+        .routes(routes!(views::transfers::get_transfer))
+        .routes(routes!(audit::list_events))
+        .routes(routes!(live::live_events))
+        .routes(routes!(audit::stream_events))
+        .routes(routes!(projections::list_projections))
+}
+
+/// The query-api's routes, each behind the role [`access::ACCESS`] gives it. The check
+/// is the outermost route layer, so it knows the matched route, an unknown path is
+/// still a plain 404, and a refused caller learns nothing, not even the position header.
 pub fn app(state: AppState) -> Router {
-    let queries = Router::new()
-        .route("/accounts", get(views::accounts::list_accounts))
-        .route("/accounts/{id}", get(views::accounts::get_account))
-        .route(
-            "/accounts/{id}/transactions",
-            get(views::transactions::list_transactions),
-        )
-        .route("/accounts/{id}/history", get(history::account_history))
-        .route("/transfers/{id}", get(views::transfers::get_transfer))
-        .route("/audit/events", get(audit::list_events))
-        .route("/audit/events/live", get(live::live_events))
-        .route("/audit/streams/{stream_id}", get(audit::stream_events))
-        .route("/projections", get(projections::list_projections))
+    let control = state.access.clone();
+    let (queries, mut document) = routes().split_for_parts();
+    openapi::complete(&mut document);
+    let document = Arc::new(document);
+    let queries = queries
         .route_layer(middleware::from_fn_with_state(
             state.progress.clone(),
             progress::projection_position_header,
@@ -110,8 +133,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone());
     Router::new()
         .merge(queries)
-        .route("/openapi.json", get(openapi::openapi_json))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
         .merge(process::ops_router(state.readiness))
+        .route_layer(middleware::from_fn_with_state(control, authorize))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -124,12 +154,14 @@ async fn method_not_allowed() -> QueryError {
     QueryError::MethodNotAllowed
 }
 
-/// Everything [`app`] needs once the database is migrated: the reader pool, and the
-/// position listener running on a connection of its own until `stop`.
+/// Everything [`app`] needs once the database is migrated: the reader pool, the
+/// position listener running on a connection of its own until `stop`, and the access
+/// table with `authenticator`.
 pub async fn start(
     reader_options: sqlx::postgres::PgConnectOptions,
     max_connections: u32,
     nats: async_nats::Client,
+    authenticator: Authenticator,
     stop: CancellationToken,
 ) -> Result<AppState, sqlx::Error> {
     let pool = database::connect_reader(reader_options.clone(), max_connections).await?;
@@ -155,15 +187,22 @@ pub async fn start(
         progress,
         live_tails: LiveTails::default(),
         stop,
+        access: AccessControl {
+            authenticator,
+            table: access::ACCESS,
+        },
     })
 }
 
-/// Connects to PostgreSQL (creating and migrating the database as its owner) and NATS,
-/// then serves as the read-only role until `shutdown` completes.
+/// Checks the token settings (a process with no key refuses to start, unless told it is
+/// a development machine), connects to PostgreSQL (creating and migrating the database
+/// as its owner) and NATS, then serves as the read-only role until `shutdown` completes.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // First, before any connection: a misconfigured process should fail fast and plainly.
+    let authenticator = Authenticator::from_config(&config.auth)?;
     // Migrations need the owner; nothing else in this process does.
     let owner = process::database::connect_and_migrate(&config.common.database_url, 1).await?;
     owner.close().await;
@@ -177,6 +216,7 @@ pub async fn run(
         reader_options,
         config.common.database_max_connections,
         nats,
+        authenticator,
         stop.clone(),
     )
     .await

@@ -1,17 +1,51 @@
-//! `spawn_app` and fixtures: a query API on port 0 over a fresh database, read-model
-//! rows inserted directly (as the projector would write them), and events appended
-//! through the event store from domain events.
+//! `spawn_app` and fixtures: a query API on port 0 over a fresh database, verifying
+//! tokens with [`TEST_SECRET`], with a client that sends an admin token by default;
+//! read-model rows inserted directly (as the projector would write them), and events
+//! appended through the event store from domain events.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::{AccountEvent, AccountId, Amount, Currency, OverdraftLimit, Owner};
+use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use query_api::database::{READER_ROLE, restrict};
 use query_api::progress::PROJECTED_CHANNEL;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// The HS256 secret the test apps verify tokens with.
+pub const TEST_SECRET: &str = "query-api-test-secret-of-at-least-32-bytes";
+
+/// How long minted test tokens live: far beyond any test, well short of forever.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+/// How long a test request may take before it fails rather than hangs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A token for `subject` with `roles`, signed with [`TEST_SECRET`].
+pub fn token(subject: &str, roles: &[Role]) -> String {
+    mint_hs256(TEST_SECRET.as_bytes(), subject, roles, TOKEN_LIFETIME).expect("mint token")
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request, or no
+/// `Authorization` header at all for `None`.
+pub fn client_with_token(token: Option<&str>) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token is a header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("HTTP client")
+}
 
 /// A query API serving over real HTTP, and the owner's pool to arrange its data.
 pub struct TestApp {
@@ -43,7 +77,8 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
         .await
         .expect("NATS client");
     let stop = CancellationToken::new();
-    let state = query_api::start(reader, 4, nats, stop.clone())
+    let authenticator = Authenticator::hs256(TEST_SECRET.as_bytes());
+    let state = query_api::start(reader, 4, nats, authenticator, stop.clone())
         .await
         .expect("query API state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -59,10 +94,8 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     });
     TestApp {
         address,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client"),
+        // An admin passes every check: the tests of what each role may do are in `access`.
+        client: client_with_token(Some(&token("test-admin", &[Role::Admin]))),
         store: EventStore::new(pool.clone()),
         pool,
         state,

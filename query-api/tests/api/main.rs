@@ -3,6 +3,7 @@
 //! description. Each test gets a fresh database (`#[sqlx::test]`) and its own server
 //! on port 0.
 
+mod access;
 mod audit;
 mod consistency;
 mod explain;
