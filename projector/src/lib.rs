@@ -8,6 +8,7 @@
 //!   projections with the admin port, until shutdown.
 //! - [`app`]: the admin router (`/healthz`, `/readyz`, `/metrics`, `GET /projections`,
 //!   `POST /projections/{name}/rebuild`), for tests to drive directly.
+//! - [`access`]: the role each admin route needs.
 //! - [`projection`]: the named projections and their tables.
 //! - [`fold`]: what each event does to each table, with no I/O.
 //! - [`tables`]: multi-row reads and writes of the read-model tables.
@@ -18,6 +19,7 @@
 //! - [`status`]: positions, head, lag and state; metrics.
 //! - [`http`] and [`error`]: the admin routes and their problem+json errors.
 
+pub mod access;
 pub mod apply;
 pub mod checkpoint;
 pub mod error;
@@ -33,7 +35,8 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Router, middleware};
+use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
 use event_store::relay;
 use sqlx::PgPool;
@@ -52,6 +55,11 @@ pub const STATUS_REFRESH: Duration = Duration::from_secs(1);
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+
+    /// Token verification for the admin port; needed only to run live (the admin port),
+    /// not for the `rebuild` and `status` subcommands, which serve nothing.
+    #[command(flatten)]
+    pub auth: AuthConfig,
 
     /// Address to serve the admin and metrics port on.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
@@ -97,6 +105,8 @@ pub enum Command {
 /// Why the projector stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the token settings cannot be used")]
+    Auth(#[from] AuthConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
     #[error("the HTTP server failed")]
@@ -117,12 +127,29 @@ pub enum RunError {
 #[derive(Clone)]
 pub struct AppState {
     pub readiness: Readiness,
+    /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
+    pub access: AccessControl,
 }
 
-/// The projector's routes.
+impl AppState {
+    pub fn new(readiness: Readiness, authenticator: Authenticator) -> Self {
+        Self {
+            readiness,
+            access: AccessControl {
+                authenticator,
+                table: access::ACCESS,
+            },
+        }
+    }
+}
+
+/// The projector's routes, each behind the role [`access::ACCESS`] gives it. The check
+/// is a route layer, so it knows the matched route and an unknown path is still a 404.
 pub fn app(state: AppState) -> Router {
     let pool = state.readiness.pool.clone();
-    process::ops_router(state.readiness).merge(http::router(pool))
+    process::ops_router(state.readiness)
+        .merge(http::router(pool))
+        .route_layer(middleware::from_fn_with_state(state.access, authorize))
 }
 
 impl Config {
@@ -136,19 +163,23 @@ impl Config {
 
 /// Connects to PostgreSQL (creating and migrating the database) and runs the command:
 /// a rebuild or a status report, or by default the live projections and the admin port
-/// until `shutdown` completes.
+/// until `shutdown` completes. Running live checks the token settings first: with no
+/// key it refuses to start, unless told it is a development machine.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let pool = process::database::connect_and_migrate(
-        &config.common.database_url,
-        config.common.database_max_connections,
-    )
-    .await?;
-    match &config.command {
-        Some(Command::Rebuild { name, all }) => {
-            let projections = match (name, all) {
+    let Some(command) = config.command.clone() else {
+        // First, before any connection: a misconfigured process should fail fast and
+        // plainly. The subcommands serve no port, so only running live needs a key.
+        let authenticator = Authenticator::from_config(&config.auth)?;
+        let pool = connect(&config.common).await?;
+        return serve(config, pool, authenticator, shutdown).await;
+    };
+    let pool = connect(&config.common).await?;
+    match command {
+        Command::Rebuild { name, all } => {
+            let projections = match (&name, all) {
                 (_, true) => Projection::ALL.to_vec(),
                 (Some(name), false) => vec![name.parse()?],
                 (None, false) => Projection::ALL.to_vec(),
@@ -157,9 +188,9 @@ pub async fn run(
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&report)?)?;
             Ok(())
         }
-        Some(Command::Status { json }) => {
+        Command::Status { json } => {
             let statuses = status::read(&pool).await.map_err(RunError::Status)?;
-            let text = if *json {
+            let text = if json {
                 serde_json::to_string_pretty(&statuses)? + "\n"
             } else {
                 status::render_table(&statuses)
@@ -167,13 +198,17 @@ pub async fn run(
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(())
         }
-        None => serve(config, pool, shutdown).await,
     }
+}
+
+async fn connect(common: &CommonConfig) -> Result<PgPool, StartupError> {
+    process::database::connect_and_migrate(&common.database_url, common.database_max_connections).await
 }
 
 async fn serve(
     config: Config,
     pool: PgPool,
+    authenticator: Authenticator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let nats = process::nats::connect(&config.common.nats_url, "projector").await?;
@@ -184,9 +219,7 @@ async fn serve(
     let stop = CancellationToken::new();
     let live = tokio::spawn(live::run(pool.clone(), nats.clone(), config.live(), stop.clone()));
     let refresher = tokio::spawn(refresh_status(pool.clone(), stop.clone()));
-    let state = AppState {
-        readiness: Readiness { pool, nats },
-    };
+    let state = AppState::new(Readiness { pool, nats }, authenticator);
     let served = process::serve::serve(listener, app(state), shutdown).await;
     stop.cancel();
     let _ = live.await;

@@ -14,6 +14,7 @@ use domain::{
     decide_transfer,
 };
 use event_store::process::Readiness;
+use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::relay::{self, RelayConfig};
 use event_store::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StreamWrite};
 use projector::live::LiveConfig;
@@ -36,6 +37,36 @@ const TEST_POOL_CONNECTIONS: u32 = 20;
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 
 const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The HS256 secret the admin port verifies tokens with in these tests.
+const TEST_SECRET: &[u8] = b"projector-test-secret-of-at-least-32-bytes";
+
+/// The admin router over `pool`, verifying tokens with [`TEST_SECRET`].
+fn admin_app(pool: PgPool, nats: async_nats::Client) -> axum::Router {
+    projector::app(AppState::new(
+        Readiness { pool, nats },
+        Authenticator::hs256(TEST_SECRET),
+    ))
+}
+
+/// A request to the admin port as an admin (the walk of every role is in `access.rs`).
+fn as_admin(request: axum::http::request::Builder) -> Request<Body> {
+    let token = mint_hs256(
+        TEST_SECRET,
+        "test-admin",
+        &[Role::Admin],
+        Duration::from_secs(3600),
+    )
+    .expect("mint token");
+    request
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
+fn admin_post(path: &str) -> Request<Body> {
+    as_admin(Request::post(path))
+}
 
 async fn pool(_options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
     // A pool of its own rather than a child of sqlx's test pool, whose size is capped.
@@ -298,12 +329,7 @@ impl Harness {
     }
 
     fn app(&self) -> axum::Router {
-        projector::app(AppState {
-            readiness: Readiness {
-                pool: self.pool.clone(),
-                nats: self.nats.clone(),
-            },
-        })
+        admin_app(self.pool.clone(), self.nats.clone())
     }
 
     /// Waits until every projection has applied everything up to the head.
@@ -597,7 +623,7 @@ async fn an_event_that_cannot_be_applied_stops_the_projection_and_shows_why(
     let answer = loop {
         let response = harness
             .app()
-            .oneshot(Request::get("/projections").body(Body::empty()).expect("request"))
+            .oneshot(as_admin(Request::get("/projections")))
             .await
             .expect("response");
         assert_eq!(response.status(), StatusCode::OK);
@@ -685,11 +711,7 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
     assert!(report.events > 0);
     let response = harness
         .app()
-        .oneshot(
-            Request::post("/projections/account_transactions/rebuild")
-                .body(Body::empty())
-                .expect("request"),
-        )
+        .oneshot(admin_post("/projections/account_transactions/rebuild"))
         .await
         .expect("response");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -712,19 +734,10 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn rebuilding_an_unknown_projection_is_a_404_problem_and_a_second_rebuild_a_409(pool: PgPool) {
     let nats = async_nats::connect(NATS_URL).await.expect("NATS");
-    let app = projector::app(AppState {
-        readiness: Readiness {
-            pool: pool.clone(),
-            nats,
-        },
-    });
+    let app = admin_app(pool.clone(), nats);
     let response = app
         .clone()
-        .oneshot(
-            Request::post("/projections/balances/rebuild")
-                .body(Body::empty())
-                .expect("request"),
-        )
+        .oneshot(admin_post("/projections/balances/rebuild"))
         .await
         .expect("response");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -742,11 +755,7 @@ async fn rebuilding_an_unknown_projection_is_a_404_problem_and_a_second_rebuild_
         .await
         .expect("lease");
     let response = app
-        .oneshot(
-            Request::post("/projections/transfers/rebuild")
-                .body(Body::empty())
-                .expect("request"),
-        )
+        .oneshot(admin_post("/projections/transfers/rebuild"))
         .await
         .expect("response");
     assert_eq!(response.status(), StatusCode::CONFLICT);

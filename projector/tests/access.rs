@@ -1,0 +1,255 @@
+//! Authentication and authorization of the admin port (API.md, "Security"): the access
+//! table covers exactly the routes the router serves, every route is walked with every
+//! kind of caller, and running live refuses to start without a key.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use base64::Engine;
+use event_store::process::Readiness;
+use event_store::process::auth::{
+    Access, AuthConfig, AuthConfigError, Authenticator, OPS_ACCESS, Role, mint_hs256,
+};
+use projector::access::ACCESS;
+use projector::{AppState, Config, RunError, status};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The HS256 secret the admin port verifies tokens with in these tests.
+const TEST_SECRET: &[u8] = b"projector-test-secret-of-at-least-32-bytes";
+
+/// How long a test waits for the rebuild it started to finish: far above the
+/// milliseconds an empty log takes.
+const REBUILD_LIMIT: Duration = Duration::from_secs(30);
+
+/// Every kind of caller a route may see.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    NoToken,
+    Expired,
+    WrongSecret,
+    AlgNone,
+    Holding(Role),
+}
+
+const CALLERS: [Caller; 8] = [
+    Caller::NoToken,
+    Caller::Expired,
+    Caller::WrongSecret,
+    Caller::AlgNone,
+    Caller::Holding(Role::Teller),
+    Caller::Holding(Role::Viewer),
+    Caller::Holding(Role::Auditor),
+    Caller::Holding(Role::Admin),
+];
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The bearer token `caller` sends, if any.
+fn token_for(caller: Caller) -> Option<String> {
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = match caller {
+        Caller::NoToken => return None,
+        // Signed with the right secret, but past its `exp` by more than the leeway.
+        Caller::Expired => jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "late", "roles": ["admin"], "exp": now_seconds() - 3600}),
+            &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET),
+        )
+        .expect("encode"),
+        Caller::WrongSecret => mint_hs256(
+            b"not-the-secret-the-app-verifies-with!!",
+            "mallory",
+            &[Role::Admin],
+            Duration::from_secs(3600),
+        )
+        .expect("mint"),
+        Caller::AlgNone => format!(
+            "{}.{}.",
+            engine.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            engine.encode(
+                json!({"sub": "mallory", "roles": ["admin"], "exp": now_seconds() + 3600}).to_string()
+            )
+        ),
+        Caller::Holding(role) => mint_hs256(
+            TEST_SECRET,
+            &format!("{}-1", role.as_str()),
+            &[role],
+            Duration::from_secs(3600),
+        )
+        .expect("mint"),
+    };
+    Some(token)
+}
+
+/// API.md, "Security", written out here apart from [`ACCESS`], so that a wrong entry in
+/// the table fails the walk instead of being taken as the expectation.
+const EXPECTED: &[(&str, &str, Option<Role>)] = &[
+    ("GET", "/projections", Some(Role::Viewer)),
+    ("POST", "/projections/{name}/rebuild", Some(Role::Admin)),
+    ("GET", "/healthz", None),
+    ("GET", "/readyz", None),
+    ("GET", "/metrics", None),
+];
+
+/// (method, path, role name) of each entry, for comparing as a set.
+fn entries<'a>(
+    items: impl Iterator<Item = (&'a str, &'a str, Option<Role>)>,
+) -> BTreeSet<(String, String, Option<&'static str>)> {
+    items
+        .map(|(method, path, role)| (method.to_owned(), path.to_owned(), role.map(Role::as_str)))
+        .collect()
+}
+
+async fn admin_app(pool: PgPool) -> axum::Router {
+    let nats = async_nats::connect(NATS_URL).await.expect("NATS");
+    projector::app(AppState::new(
+        Readiness { pool, nats },
+        Authenticator::hs256(TEST_SECRET),
+    ))
+}
+
+#[test]
+fn the_access_table_covers_exactly_the_routes_the_router_serves_with_the_roles_of_api_md() {
+    let table: Vec<&Access> = OPS_ACCESS.iter().chain(ACCESS).collect();
+    let listed = entries(
+        table
+            .iter()
+            .map(|access| (access.method.as_str(), access.path, access.role)),
+    );
+    assert_eq!(listed.len(), table.len(), "a route is listed twice");
+    assert_eq!(listed, entries(EXPECTED.iter().copied()));
+    // The admin routes come from the same declaration as their document.
+    let (_router, document) = projector::http::routes().split_for_parts();
+    let mut routed = BTreeSet::new();
+    for (path, item) in &document.paths.paths {
+        for (method, operation) in [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+        ] {
+            if operation.is_some() {
+                routed.insert((method.to_string(), path.clone()));
+            }
+        }
+    }
+    let admin: BTreeSet<(String, String)> = ACCESS
+        .iter()
+        .map(|access| (access.method.to_string(), access.path.to_owned()))
+        .collect();
+    assert_eq!(admin, routed);
+}
+
+/// Waits until no projection is rebuilding, so the test's database can be dropped.
+async fn rebuilds_done(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + REBUILD_LIMIT;
+    loop {
+        let statuses = status::read(pool).await.expect("status");
+        if statuses.iter().all(|status| status.status != "rebuilding") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
+    let app = admin_app(pool.clone()).await;
+    let mut walked = 0;
+    for &(method, route, role) in EXPECTED {
+        let path = route.replace("{name}", "transfers");
+        for caller in CALLERS {
+            let mut request = Request::builder().method(method).uri(&path);
+            if let Some(token) = token_for(caller) {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let response = app
+                .clone()
+                .oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("response");
+            let status = response.status().as_u16();
+            let content_type = response.headers().get("content-type").cloned();
+            let challenge = response.headers().get("www-authenticate").cloned();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let what = format!("{method} {route} as {caller:?}: {status} {body}");
+            let allowed = match (role, caller) {
+                (None, _) => true,
+                (Some(_), Caller::Holding(Role::Admin)) => true,
+                (Some(needed), Caller::Holding(held)) => needed == held,
+                (Some(_), _) => false,
+            };
+            if allowed {
+                let expected = if method == "POST" { 202 } else { 200 };
+                assert_eq!(status, expected, "{what}");
+                rebuilds_done(&pool).await;
+            } else {
+                let authenticated = matches!(caller, Caller::Holding(_));
+                let (expected_status, expected_type) = if authenticated {
+                    (403, "https://eventledger.dev/problems/forbidden")
+                } else {
+                    (401, "https://eventledger.dev/problems/unauthorized")
+                };
+                assert_eq!(
+                    (status, body["type"].as_str()),
+                    (expected_status, Some(expected_type)),
+                    "{what}"
+                );
+                assert_eq!(
+                    content_type.as_ref().and_then(|value| value.to_str().ok()),
+                    Some("application/problem+json"),
+                    "{what}"
+                );
+                // A refused rebuild started nothing (the lease marks it at once).
+                let statuses = status::read(&pool).await.expect("status");
+                assert!(
+                    statuses.iter().all(|status| status.status != "rebuilding"),
+                    "{what}: {statuses:?}"
+                );
+                if !authenticated {
+                    assert_eq!(
+                        challenge.as_ref().and_then(|value| value.to_str().ok()),
+                        Some("Bearer"),
+                        "{what}"
+                    );
+                }
+            }
+            walked += 1;
+        }
+    }
+    assert_eq!(walked, EXPECTED.len() * CALLERS.len());
+}
+
+#[tokio::test]
+async fn running_live_refuses_to_start_without_a_key() {
+    use clap::Parser;
+    let mut config = Config::try_parse_from(["projector", "--listen", "127.0.0.1:0"]).expect("config");
+    // Nothing listens on port 1: were the key not checked first, this would fail otherwise.
+    config.common.database_url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
+    config.auth = AuthConfig {
+        auth_jwt_secret: None,
+        auth_jwt_public_key: None,
+        insecure_development_auth: false,
+    };
+    let result = projector::run(config, std::future::pending()).await;
+    assert!(
+        matches!(result, Err(RunError::Auth(AuthConfigError::NoKey))),
+        "{result:?}"
+    );
+}
