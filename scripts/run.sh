@@ -76,7 +76,7 @@ Try:
        -d '{"amount":1250,"reference":"first deposit"}' http://$COMMAND_API_ADDR/accounts/<account_id>/deposits
   curl -s -H "Authorization: Bearer \$TOKEN" "http://$QUERY_API_ADDR/accounts/<account_id>?min_position=<position>"
   curl -s -H "Authorization: Bearer \$TOKEN" "http://$QUERY_API_ADDR/audit/events?limit=10"
-  curl -s http://$PROJECTOR_ADDR/projections
+  curl -s -H "Authorization: Bearer \$TOKEN" http://$PROJECTOR_ADDR/projections
 Press ctrl-c to stop what this command started.
 TXT
 if [ ${#started[@]} -gt 0 ]; then wait -n "${started[@]}"; echo "a process exited; see $log_dir" >&2; exit 1; else sleep infinity; fi
