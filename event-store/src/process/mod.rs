@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod database;
+pub mod limits;
 pub mod nats;
 pub mod ops;
 pub mod serve;
@@ -13,6 +14,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{CommonConfig, LogFormat};
+pub use limits::HttpLimits;
 pub use ops::{Readiness, ops_router};
 pub use shutdown::shutdown_signal;
 
