@@ -24,12 +24,24 @@ impl Client {
     /// A client that authenticates as an admin called `e2e-admin`, the actor the audit
     /// log must show.
     fn new() -> Self {
-        let token = System::token(ACTOR, &[Role::Admin]).expect("token");
+        Self::holding(ACTOR, &[Role::Admin])
+    }
+
+    /// A client that authenticates as `subject` with `roles`.
+    fn holding(subject: &str, roles: &[Role]) -> Self {
+        let token = System::token(subject, roles).expect("token");
+        Self::with_token(Some(&token))
+    }
+
+    /// A client that sends `token`, or no `Authorization` header for `None`.
+    fn with_token(token: Option<&str>) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse().expect("header"),
-        );
+        if let Some(token) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -87,13 +99,36 @@ async fn balance_at(system: &System, client: &Client, account_id: &str, min_posi
 }
 
 #[tokio::test]
-async fn every_process_starts_against_a_fresh_database_and_stops_cleanly_on_sigterm() {
+async fn every_process_starts_against_a_fresh_database_asks_for_tokens_and_stops_cleanly_on_sigterm() {
     let system = System::start(&Binary::ALL).await.expect("system");
     let client = Client::new();
     for binary in Binary::ALL {
         let (status, _) = client.get(&system.url(binary, "/healthz")).await;
         assert_eq!(status, 200, "{}", binary.name());
     }
+    // Every process verifies tokens with the key it was given: without a token, a query
+    // and the admin port's status are refused; a viewer may read both but not rebuild.
+    let anonymous = Client::with_token(None);
+    let viewer = Client::holding("e2e-viewer", &[Role::Viewer]);
+    let queries = system.url(Binary::QueryApi, "/accounts");
+    let projections = system.url(Binary::Projector, "/projections");
+    for url in [&queries, &projections] {
+        let (status, problem) = anonymous.get(url).await;
+        assert_eq!(status, 401, "{url}: {problem}");
+        assert_eq!(problem["type"], "https://eventledger.dev/problems/unauthorized");
+        let (status, answer) = viewer.get(url).await;
+        assert_eq!(status, 200, "{url}: {answer}");
+    }
+    let (status, problem) = viewer
+        .post(
+            &system.url(Binary::Projector, "/projections/accounts/rebuild"),
+            json!({}),
+            "e2e-viewer-rebuild",
+        )
+        .await;
+    assert_eq!(status, 403, "{problem}");
+    let (status, _) = client.get(&system.url(Binary::QueryApi, "/audit/events")).await;
+    assert_eq!(status, 200, "an admin passes every check");
     assert!(
         system.shut_down().await.expect("shut down"),
         "every process exits 0 on SIGTERM"

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use hdrhistogram::Histogram;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tests::bench::{BenchDatabase, machine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -28,6 +30,10 @@ const ACTORS: i64 = 1_000;
 
 /// Events per correlation id: one command's worth (a transfer writes three).
 const EVENTS_PER_CORRELATION: i64 = 4;
+
+/// The HS256 secret the embedded query API verifies the benchmark's token with: every
+/// request is authenticated as in production, so the figures include verifying it.
+const BENCH_AUTH_SECRET: &str = "bench-queries-secret-of-at-least-32-bytes";
 
 /// The longest a request may take before it counts as failed (1 minute, in µs): the
 /// histogram's upper bound.
@@ -204,14 +210,25 @@ async fn main() -> anyhow::Result<()> {
     let reader = query_api::database::reader_options(&database.url, None)?;
     let nats = event_store::process::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
     let stop = CancellationToken::new();
-    let state = query_api::start(reader, args.pool_size, nats, stop.clone()).await?;
+    let authenticator = Authenticator::hs256(BENCH_AUTH_SECRET.as_bytes());
+    let state = query_api::start(reader, args.pool_size, nats, authenticator, stop.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let stopping = stop.clone();
     let server = tokio::spawn(query_api::serve(listener, state, async move {
         stopping.cancelled().await;
     }));
+    // The least roles the measured requests need: views and the audit log.
+    let token = mint_hs256(
+        BENCH_AUTH_SECRET.as_bytes(),
+        "bench-queries",
+        &[Role::Viewer, Role::Auditor],
+        Duration::from_secs(24 * 60 * 60),
+    )?;
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}"))?);
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.connections)
         .build()?;
 

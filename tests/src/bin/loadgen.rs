@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use event_store::process::auth::Role;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tests::bench::{
@@ -43,7 +44,9 @@ struct Args {
     query_url: String,
     #[arg(long, default_value = "http://127.0.0.1:8083")]
     projector_url: String,
-    /// Bearer token sent with every request, once authentication is on.
+    /// Bearer token sent with every request; it needs the `admin` role (the run posts
+    /// commands, reads views and rebuilds projections). With `--start-system` one is
+    /// minted for the system started; otherwise `scripts/run.sh` prints one.
     #[arg(long, env = "EVENTLEDGER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Scenarios to run, in order.
@@ -122,16 +125,13 @@ struct Api {
     command: String,
     query: String,
     projector: String,
-    token: Option<String>,
+    /// Sent with every request: every route but the operational ones needs one.
+    token: String,
 }
 
 impl Api {
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, url);
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        self.http.request(method, url).bearer_auth(&self.token)
     }
 
     /// POSTs a command; `Ok(Some(answer))` on 2xx, `Ok(None)` on a 4xx/5xx answer.
@@ -413,7 +413,13 @@ async fn main() -> anyhow::Result<()> {
         projector: system
             .as_ref()
             .map_or(args.projector_url.clone(), |s| s.url(Binary::Projector, "")),
-        token: args.token.clone(),
+        token: match (&args.token, &system) {
+            (Some(token), _) => token.clone(),
+            (None, Some(_)) => System::token("loadgen", &[Role::Admin])?,
+            (None, None) => {
+                bail!("pass --token (or EVENTLEDGER_TOKEN) with the `admin` role, or --start-system")
+            }
+        },
     };
     let seconds = Duration::from_secs(args.seconds);
 
