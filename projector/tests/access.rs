@@ -253,3 +253,22 @@ async fn running_live_refuses_to_start_without_a_key() {
         "{result:?}"
     );
 }
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn the_status_subcommand_serves_nothing_and_needs_no_key(pool: PgPool) {
+    use clap::Parser;
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("a test database")
+        .to_owned();
+    let mut config = Config::try_parse_from(["projector", "status", "--json"]).expect("config");
+    config.common.database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    config.auth = AuthConfig {
+        auth_jwt_secret: None,
+        auth_jwt_public_key: None,
+        insecure_development_auth: false,
+    };
+    let result = projector::run(config, std::future::pending()).await;
+    assert!(result.is_ok(), "{result:?}");
+}
