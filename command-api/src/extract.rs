@@ -3,8 +3,8 @@
 //! rejections would answer plain text with their own statuses).
 //!
 //! - [`JsonBody`]: the body, checked for its content type and size, parsed strictly
-//!   (unknown fields refused by the request types), and kept in a canonical form for the
-//!   idempotency fingerprint.
+//!   (unknown fields refused by the request types, a key given twice refused here), and
+//!   kept in a canonical form for the idempotency fingerprint.
 //! - [`CommandHeaders`]: `X-Correlation-Id`, `Idempotency-Key`, `If-Match` and
 //!   `traceparent`.
 
@@ -12,8 +12,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use crate::correlation::CorrelationId;
 use crate::error::ApiError;
@@ -86,15 +86,98 @@ fn parse_body<T: DeserializeOwned>(
         None | Some(false) => return Err(ApiError::UnsupportedMediaType),
     };
     // Parse once into a value, for the canonical form, then into the type: a syntax
-    // error and a shape error are different problems for the client.
-    let value: Value =
-        serde_json::from_slice(raw).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+    // error and a shape error are different problems for the client. A duplicate key is
+    // a shape error (the JSON is well formed, but means two things).
+    let UniqueKeys(value) = serde_json::from_slice(raw).map_err(|error| {
+        if error.is_data() {
+            ApiError::InvalidBody(error.to_string())
+        } else {
+            ApiError::MalformedJson(error.to_string())
+        }
+    })?;
     let canonical = serde_json::to_vec(&value).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
     let typed = serde_json::from_value(value).map_err(|error| ApiError::InvalidBody(error.to_string()))?;
     Ok(JsonBody {
         value: typed,
         canonical,
     })
+}
+
+/// The longest duplicate key quoted back in a problem's detail.
+const MAX_QUOTED_KEY_CHARS: usize = 64;
+
+/// A JSON value in which no object names a key twice. RFC 8259 leaves duplicates to the
+/// parser; serde_json keeps the last one, so `{"amount": 1, "amount": 1000}` would be read
+/// as 1000 by us and perhaps as 1 by a proxy or log that checked it. Refusing them means
+/// every reader of a body sees the same command.
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        // serde_json refuses non-finite numbers before they get here; null as a fallback.
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(UniqueKeys(value)) = items.next_element()? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let quoted: String = key.chars().take(MAX_QUOTED_KEY_CHARS).collect();
+                return Err(de::Error::custom(format!(
+                    "duplicate key {quoted:?}: each key may appear once in an object"
+                )));
+            }
+            let UniqueKeys(value) = entries.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// `application/json`, or any `application/<something>+json`, with any parameters.
@@ -259,6 +342,62 @@ mod tests {
         let first: JsonBody<Two> = parse_body(Some(true), br#"{"a":1,"b":2}"#).expect("valid body");
         let second: JsonBody<Two> = parse_body(Some(true), b"{ \"b\": 2,\n \"a\": 1 }").expect("valid body");
         assert_eq!(first.canonical, second.canonical);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_invalid_body_naming_the_key() {
+        let result = parse_body::<Sample>(Some(true), br#"{"reason": "a", "reason": "b"}"#);
+        match result {
+            Err(ApiError::InvalidBody(detail)) => {
+                assert!(detail.contains("duplicate key \"reason\""), "{detail}")
+            }
+            other => panic!("expected invalid-body, got {other:?}"),
+        }
+        // Also inside nested objects, and the same key in sibling objects is fine.
+        let nested = br#"{"a": [{"k": 1}, {"k": 2}], "b": {"x": 1, "x": 2}}"#;
+        assert!(matches!(
+            parse_body::<Value>(Some(true), nested),
+            Err(ApiError::InvalidBody(_))
+        ));
+        let siblings = br#"{"a": [{"k": 1}, {"k": 2}], "b": {"x": 1}}"#;
+        assert!(parse_body::<Value>(Some(true), siblings).is_ok());
+    }
+
+    #[test]
+    fn nesting_beyond_the_parser_depth_limit_is_malformed_json() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            parse_body::<Value>(Some(true), deep.as_bytes()),
+            Err(ApiError::MalformedJson(_))
+        ));
+    }
+
+    #[test]
+    fn numbers_beyond_every_integer_and_float_type_are_refused_without_panicking() {
+        assert!(matches!(
+            parse_body::<Value>(Some(true), br#"{"amount": 1e400}"#),
+            Err(ApiError::MalformedJson(_))
+        ));
+        #[derive(Debug, serde::Deserialize)]
+        struct Amount {
+            #[allow(dead_code)]
+            amount: i64,
+        }
+        for body in [
+            &br#"{"amount": 99999999999999999999999}"#[..],
+            br#"{"amount": 9223372036854775808}"#,
+            br#"{"amount": -0.0}"#,
+            br#"{"amount": 1.5}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_body::<Amount>(Some(true), body),
+                    Err(ApiError::InvalidBody(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

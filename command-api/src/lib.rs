@@ -38,7 +38,7 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::EventStore;
 use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
-use event_store::process::{self, CommonConfig, Readiness, StartupError};
+use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use event_store::relay;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub limits: HttpLimits,
 
     /// Address to serve HTTP on.
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
@@ -194,7 +197,10 @@ pub async fn run(
     let purge = tokio::spawn(idempotency::purge_periodically(pool.clone(), stop.clone()));
 
     let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator);
-    let served = process::serve::serve(listener, app(state), shutdown).await;
+    // Every command answers within the request timeout: none is exempt.
+    let router = process::limits::apply(app(state), &config.limits, &[]);
+    let served =
+        process::serve::serve_with(listener, router, config.limits.header_read_timeout(), shutdown).await;
     // The router and with it every handle to the committer are gone: it answers what is
     // queued and stops. Only then stop the relay, so it publishes those commits too.
     let _ = committer.await;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use command_api::committer::CommitterSettings;
 use command_api::{AppState, app};
 use event_store::EventStore;
-use event_store::process::Readiness;
 use event_store::process::auth::{Authenticator, Role, mint_hs256};
+use event_store::process::{self, HttpLimits, Readiness};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -80,8 +80,18 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
         .await
         .expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().expect("local address"));
+    // Served as `run` serves it: within the production HTTP limits.
+    let limits = HttpLimits::default();
+    let router = process::limits::apply(app(state), &limits, &[]);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app(state)).await.expect("serve");
+        process::serve::serve_with(
+            listener,
+            router,
+            limits.header_read_timeout(),
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
     });
     TestApp {
         address,

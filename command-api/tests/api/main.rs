@@ -9,6 +9,7 @@ mod commands;
 mod concurrency;
 mod errors;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod openapi;
 mod preconditions;
