@@ -38,7 +38,6 @@ use std::time::Duration;
 use axum::{Router, middleware};
 use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, Readiness, StartupError};
-use event_store::relay;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -65,13 +64,15 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     pub listen: String,
 
-    /// JetStream stream the relay publishes to.
-    #[arg(long, env = "PROJECTOR_STREAM", default_value = relay::STREAM_NAME)]
-    pub stream_name: String,
+    /// JetStream stream to consume, when it is not the one the relay publishes to
+    /// (`EVENTS_STREAM`, shared with the command API).
+    #[arg(long, env = "PROJECTOR_STREAM")]
+    pub stream_name: Option<String>,
 
-    /// Subject prefix of the relay's messages (`<prefix>.<category>.<uuid>`).
-    #[arg(long, env = "PROJECTOR_SUBJECT_PREFIX", default_value = relay::SUBJECT_PREFIX)]
-    pub subject_prefix: String,
+    /// Subject prefix of the messages to consume, when it is not the relay's
+    /// (`EVENTS_SUBJECT_PREFIX`).
+    #[arg(long, env = "PROJECTOR_SUBJECT_PREFIX")]
+    pub subject_prefix: Option<String>,
 
     /// Durable consumers are named `<prefix>_<projection>`.
     #[arg(long, env = "PROJECTOR_CONSUMER_PREFIX", default_value = "projector")]
@@ -154,8 +155,17 @@ pub fn app(state: AppState) -> Router {
 
 impl Config {
     /// The live tasks' settings from the flags.
+    ///
+    /// The stream and prefix default to the ones the relay publishes to: a projector
+    /// reading another stream than its relay would get nothing from NATS and see events
+    /// only through its catch-up from PostgreSQL, half a second late.
     pub fn live(&self) -> live::LiveConfig {
-        let mut live = live::LiveConfig::new(&self.stream_name, &self.subject_prefix);
+        let stream_name = self.stream_name.as_deref().unwrap_or(&self.common.events_stream);
+        let subject_prefix = self
+            .subject_prefix
+            .as_deref()
+            .unwrap_or(&self.common.events_subject_prefix);
+        let mut live = live::LiveConfig::new(stream_name, subject_prefix);
         live.consumer_prefix = self.consumer_prefix.clone();
         live
     }
@@ -237,5 +247,48 @@ async fn refresh_status(pool: PgPool, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(STATUS_REFRESH) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    #[test]
+    fn the_live_projections_follow_the_stream_the_relay_publishes_to() {
+        let config = Config::try_parse_from([
+            "projector",
+            "--events-stream",
+            "E2E_ONE",
+            "--events-subject-prefix",
+            "e2e.one",
+        ])
+        .expect("flags");
+        let live = config.live();
+        assert_eq!(
+            (live.stream_name.as_str(), live.subject_prefix.as_str()),
+            ("E2E_ONE", "e2e.one")
+        );
+    }
+
+    #[test]
+    fn a_stream_of_its_own_overrides_the_relays() {
+        let config = Config::try_parse_from([
+            "projector",
+            "--events-stream",
+            "E2E_ONE",
+            "--stream-name",
+            "OTHER",
+            "--subject-prefix",
+            "other",
+        ])
+        .expect("flags");
+        let live = config.live();
+        assert_eq!(
+            (live.stream_name.as_str(), live.subject_prefix.as_str()),
+            ("OTHER", "other")
+        );
     }
 }
