@@ -178,17 +178,23 @@ pub struct System {
 impl System {
     /// Starts every process in `binaries` against a fresh database and stream.
     pub async fn start(binaries: &[Binary]) -> anyhow::Result<Self> {
+        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::start_with_nats(binaries, &nats_url).await
+    }
+
+    /// [`System::start`] against the NATS server at `nats_url`: a private one
+    /// ([`crate::nats_server::NatsServer`]) for a test that stops NATS.
+    pub async fn start_with_nats(binaries: &[Binary], nats_url: &str) -> anyhow::Result<Self> {
         let server = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
         let id = Uuid::now_v7().simple().to_string();
         let database_url = format!("{base}/eventledger_e2e_{id}");
-        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let mut system = Self {
             database_url,
             stream_name: format!("E2E_{id}"),
             subject_prefix: format!("e2e.{id}"),
-            nats_url,
+            nats_url: nats_url.to_owned(),
             processes: HashMap::new(),
         };
         for &binary in binaries {
@@ -226,6 +232,31 @@ impl System {
         process.spawn().await?;
         self.processes.insert(binary, process);
         Ok(())
+    }
+
+    /// Runs `binary` with `arguments` (a subcommand such as `projector rebuild --all`)
+    /// against this system, up to `timeout`, and returns its output.
+    pub async fn run_to_completion(
+        &self,
+        binary: Binary,
+        arguments: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::Output> {
+        let output = Command::new(binary_path(binary)?)
+            .args(arguments)
+            .envs(self.environment())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(timeout, output)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} {arguments:?} did not finish within {timeout:?}",
+                    binary.name()
+                )
+            })?
+            .with_context(|| format!("running {} {arguments:?}", binary.name()))
     }
 
     /// A token for `subject` with `roles`, valid for an hour, that every process accepts.

@@ -6,7 +6,10 @@
 //!   (PostgreSQL's commit rate) that every benchmark reports its figures against.
 //! - [`harness`]: the real binaries on free ports, with a fresh database and stream
 //!   per test, for end-to-end tests that stop, kill and restart them.
+//! - [`nats_server`]: a private NATS server for tests that stop and restart NATS, which
+//!   the shared one must never be.
 //! - `src/bin/bench-append.rs`: the event store's append throughput.
 
 pub mod bench;
 pub mod harness;
+pub mod nats_server;
