@@ -14,3 +14,9 @@ export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+
+# Then fuzz both APIs from their OpenAPI documents with the binaries just built. Skipped
+# when running a selection of tests (arguments given) or with SKIP_FUZZ=1.
+if [ $# -eq 0 ] && [ -z "${SKIP_FUZZ:-}" ]; then
+  "$root/scripts/fuzz.sh"
+fi
