@@ -39,7 +39,7 @@ use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
-use event_store::process::{self, CommonConfig, Readiness, StartupError};
+use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,15 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
     pub listen: String,
+
+    #[command(flatten)]
+    pub limits: HttpLimits,
+
+    /// Most live tails (`GET /audit/events/live`) open at once; past it a new one is 503.
+    /// They are exempt from the request timeout, so this is their bound.
+    #[arg(long, env = "QUERY_API_MAX_LIVE_TAILS", default_value_t = live::MAX_LIVE_TAILS,
+          value_parser = process::limits::parse_positive)]
+    pub max_live_tails: usize,
 
     /// PostgreSQL URL the queries run with: a role that may only read. Defaults to
     /// `--database-url` with the user `eventledger_reader` and no password (enough
@@ -226,9 +235,28 @@ pub async fn run(
         shutdown.await;
         stopping.cancel();
     };
-    let served = serve(listener, state, shutdown).await;
+    let state = AppState {
+        live_tails: LiveTails::new(config.max_live_tails),
+        ..state
+    };
+    let served = serve_limited(listener, state, &config.limits, shutdown).await;
     stop.cancel();
     served.map_err(RunError::Serve)
+}
+
+/// Paths answered with a long-lived stream, exempt from the request timeout (bounded by
+/// `--max-live-tails` instead).
+pub const UNTIMED_PATHS: &[&str] = &["/audit/events/live"];
+
+/// Serves [`app`] on `listener` until `shutdown`, within `limits`.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: &HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = process::limits::apply(app(state), limits, UNTIMED_PATHS);
+    process::serve::serve_with(listener, router, limits.header_read_timeout(), shutdown).await
 }
 
 /// Serves [`app`] on `listener` until `shutdown`, for embedding (the benchmark).

@@ -31,8 +31,9 @@ use crate::progress::{PROJECTION_POSITION_HEADER, Positions, Source};
 /// behind catches up in few queries, small enough to bound one query's memory.
 pub const LIVE_BATCH: i64 = 500;
 
-/// The most live tails served at once. Each costs a task and a query per wake-up; past
-/// this a new one gets a 503 rather than slowing down every tail already open.
+/// The most live tails served at once by default (`--max-live-tails`). Each costs a task
+/// and a query per wake-up; past this a new one gets a 503 rather than slowing down every
+/// tail already open.
 pub const MAX_LIVE_TAILS: usize = 256;
 
 /// How often an idle tail sends an SSE comment, so proxies and clients do not time
@@ -43,9 +44,16 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct LiveTails(Arc<Semaphore>);
 
+impl LiveTails {
+    /// At most `max` tails open at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+}
+
 impl Default for LiveTails {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_LIVE_TAILS)))
+        Self::new(MAX_LIVE_TAILS)
     }
 }
 

@@ -73,12 +73,20 @@ pub fn uuid(parameter: &'static str, raw: &str) -> Result<Uuid, QueryError> {
     Uuid::parse_str(raw).map_err(|_| QueryError::validation(parameter, "must be a UUID"))
 }
 
-/// A filter value that must be non-empty and bounded, as the indexed columns are.
+/// A filter value that must be non-empty and bounded, as the indexed columns are, and
+/// free of control characters: no stored value holds one (the domain refuses them), and
+/// PostgreSQL refuses a NUL in text outright, which would surface as a 500.
 pub fn text_filter(parameter: &'static str, raw: &str, max_chars: usize) -> Result<String, QueryError> {
     if raw.is_empty() || raw.chars().count() > max_chars {
         return Err(QueryError::validation(
             parameter,
             format!("must be 1 to {max_chars} characters"),
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(QueryError::validation(
+            parameter,
+            "must not contain control characters",
         ));
     }
     Ok(raw.to_owned())
@@ -110,6 +118,16 @@ mod tests {
         assert!(limit(Some("1001")).is_err());
         assert!(limit(Some("0")).is_err());
         assert!(limit(Some("ten")).is_err());
+    }
+
+    #[test]
+    fn text_filters_refuse_control_characters_and_keep_injection_text_as_plain_text() {
+        assert!(text_filter("actor", "a\0b", 10).is_err());
+        assert!(text_filter("actor", "line\nbreak", 20).is_err());
+        assert_eq!(
+            text_filter("actor", "' OR 1=1 --", 20).ok().as_deref(),
+            Some("' OR 1=1 --")
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub struct HttpLimits {
     pub header_read_timeout_ms: u64,
 }
 
-fn parse_positive(raw: &str) -> Result<usize, String> {
+/// A count flag that must be at least 1 (a limit of 0 would refuse everything).
+pub fn parse_positive(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(value) if value > 0 => Ok(value),
         _ => Err("must be a positive integer".to_owned()),

@@ -9,6 +9,7 @@ mod consistency;
 mod explain;
 mod helpers;
 mod history;
+mod hostile;
 mod live;
 mod openapi;
 mod privilege;
