@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use command_api::{AppState, app};
 use event_store::EventStore;
+use event_store::pii::{PiiConfig, Vault};
 use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::process::{Readiness, database};
 use futures::StreamExt;
@@ -42,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
         EventStore::new(pool.clone()),
         Readiness { pool, nats },
         Authenticator::hs256(SECRET),
+        // The public development key: this example seals only made-up owners.
+        Vault::from_config(&PiiConfig { pii_master_key: None }, true)?,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

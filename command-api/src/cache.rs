@@ -132,6 +132,7 @@ mod tests {
                     balance: Balance::ZERO,
                     overdraft_limit: OverdraftLimit::ZERO,
                     status: AccountStatus::Open,
+                    personal_data_erased: false,
                 },
                 version,
             },

@@ -12,7 +12,9 @@
 //!    the ones before it;
 //! 3. appends all of them with `append_batch_in` (each with the expected version of every
 //!    stream it touches; a transfer is one request over three streams), writes the
-//!    idempotency rows of the accepted ones, and commits;
+//!    idempotency rows of the accepted ones, stores the data keys of the accounts it
+//!    opened and destroys those of the accounts whose personal data it erased (one
+//!    statement each, [`event_store::pii`]), and commits;
 //! 4. updates the cache and answers every handler through its oneshot.
 //!
 //! The queue is bounded by [`COMMAND_QUEUE_CAPACITY`]: when full, [`CommandBus::execute`]
@@ -31,6 +33,7 @@ use domain::{
     TransferEvent, decide_transfer,
 };
 use event_store::append::append_batch_in;
+use event_store::pii::{self, WrappedKey};
 use event_store::{
     AppendOutcome, AppendRejection, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent,
     StoreError, StreamWrite, error_chain,
@@ -114,6 +117,10 @@ pub struct Submission {
     pub metadata: Metadata,
     /// The idempotency key to store with the events, if the client sent one.
     pub idempotency: Option<KeyClaim>,
+    /// For a command that opens an account: the account's new data key, which sealed
+    /// the owner in the command. Stored in the transaction that appends the events, and
+    /// only if they are appended.
+    pub data_key: Option<WrappedKey>,
 }
 
 /// How a command ended, when it did not fail.
@@ -205,6 +212,11 @@ impl CommandBus {
     /// The event store's pool, for the handlers' own reads (idempotency look-ups).
     pub fn pool(&self) -> &sqlx::PgPool {
         self.store.pool()
+    }
+
+    /// The event store, for the handlers' own reads (a repeated erasure's answer).
+    pub fn store(&self) -> &EventStore {
+        &self.store
     }
 
     /// How many accounts the cache holds, for tests and metrics.
@@ -491,12 +503,23 @@ impl Committer {
         let outcomes = append_batch_in(&mut transaction, &requests).await?;
         let mut poisoned: Vec<AccountId> = Vec::new();
         let mut answers: Vec<(usize, StoredResponse, i64)> = Vec::new();
+        let mut new_keys: Vec<WrappedKey> = Vec::new();
+        let mut erased: Vec<uuid::Uuid> = Vec::new();
         for plan in &planned {
             let job = &jobs[plan.job_index];
             match &outcomes[plan.request_index] {
                 Ok(outcome) => {
                     let response = render(&plan.answer, outcome);
                     answers.push((plan.job_index, response, outcome.last_position));
+                    new_keys.extend(job.submission.data_key.iter().cloned());
+                    if let Command::Account {
+                        account_id,
+                        command: AccountCommand::ErasePersonalData,
+                        ..
+                    } = &job.submission.command
+                    {
+                        erased.push(account_id.as_uuid());
+                    }
                 }
                 Err(rejection) => {
                     let accounts = job.submission.command.accounts();
@@ -521,6 +544,10 @@ impl Committer {
             })
             .collect();
         idempotency::insert_in(&mut transaction, &key_rows).await?;
+        // With the events, or not at all: an account whose `AccountOpened` commits has
+        // its key, and an erasure that commits has destroyed it.
+        pii::store_keys(&mut *transaction, &new_keys).await?;
+        pii::destroy_keys(&mut *transaction, &erased).await?;
         transaction.commit().await?;
 
         // Only now is the decided state a fact: cache it, except for streams where a
@@ -797,7 +824,8 @@ fn render(answer: &PlannedAnswer, outcome: &AppendOutcome) -> StoredResponse {
     }
 }
 
-fn status_name(account: &Account) -> String {
+/// The status as API.md names it.
+pub(crate) fn status_name(account: &Account) -> String {
     match account.status {
         domain::AccountStatus::Open => "open",
         domain::AccountStatus::Frozen => "frozen",

@@ -5,16 +5,22 @@
 //! The `Idempotency-Key` protocol is run here, around the bus: claim the key in this
 //! instance (409 while taken), replay a stored answer (422 if it was for another body),
 //! otherwise submit the key with the command so the committer stores it with the events.
+//!
+//! Personal data is sealed here, the only place it exists in plaintext: opening an
+//! account makes the account's data key in memory, seals the owner with it, and hands
+//! the committer the sealed owner and the wrapped key, which it stores in the same
+//! transaction as the events (API.md, "Security").
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::response::Response;
 use domain::{
-    AccountCommand, AccountId, Amount, Currency, OverdraftLimit, Owner, Reason, Reference, TransferCommand,
-    TransferId,
+    AccountCommand, AccountId, Amount, Currency, DomainError, OverdraftLimit, Owner, Reason, Reference,
+    TransferCommand, TransferId,
 };
 use event_store::Metadata;
+use event_store::pii::WrappedKey;
 
 use crate::AppState;
 use crate::access::Caller;
@@ -51,11 +57,18 @@ pub async fn open_account(
         None => OverdraftLimit::ZERO,
     };
     let account_id = value.account_id.map_or_else(AccountId::new_v7, AccountId::from);
+    let (data_key, wrapped_key) = state
+        .vault
+        .new_key(account_id.as_uuid())
+        .map_err(|error| ApiError::Internal(format!("cannot make a data key: {error}")))?;
+    let sealed_owner = data_key
+        .seal_owner(&owner)
+        .map_err(|error| ApiError::Internal(format!("cannot seal the owner: {error}")))?;
     let command = Command::Account {
         account_id,
         command: AccountCommand::Open {
             id: account_id,
-            owner,
+            owner: sealed_owner,
             currency,
             overdraft_limit,
         },
@@ -70,6 +83,7 @@ pub async fn open_account(
         "/accounts".to_owned(),
         &canonical,
         command,
+        Some(wrapped_key),
     )
     .await
 }
@@ -241,13 +255,15 @@ pub async fn close(
     .await
 }
 
-/// Erase the owner's personal data; the account and its money history stay.
+/// Erase the owner's personal data: destroys the account's data key and records
+/// `PersonalDataErased`, atomically; the account and its money history stay. Idempotent:
+/// erasing again answers 200 with the first erasure's position and writes nothing.
 #[utoipa::path(
     delete,
     path = "/accounts/{id}/personal-data",
     tag = "accounts",
     params(("id" = uuid::Uuid, Path, description = "The account")),
-    responses((status = 200, description = "Erased", body = AccountCommandResponse,
+    responses((status = 200, description = "Erased (now or before)", body = AccountCommandResponse,
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn erase_personal_data(
@@ -263,7 +279,7 @@ pub async fn erase_personal_data(
         command: AccountCommand::ErasePersonalData,
         if_match,
     };
-    run(
+    let erased = run(
         &state,
         &caller.subject,
         headers,
@@ -271,8 +287,15 @@ pub async fn erase_personal_data(
         path,
         b"",
         command,
+        None,
     )
-    .await
+    .await;
+    match erased {
+        Err(ApiError::Domain(DomainError::PersonalDataAlreadyErased { .. })) => {
+            crate::erasure::already_erased(state.commands.store(), account_id).await
+        }
+        other => other,
+    }
 }
 
 /// Move money between two accounts of one currency: three streams, one atomic append.
@@ -307,6 +330,7 @@ pub async fn transfer(
         "/transfers".to_owned(),
         &canonical,
         Command::Transfer(command),
+        None,
     )
     .await
 }
@@ -341,11 +365,23 @@ async fn run_account(
         command,
         if_match: headers.if_match,
     };
-    run(state, actor, headers, Method::POST, path, canonical, command).await
+    run(
+        state,
+        actor,
+        headers,
+        Method::POST,
+        path,
+        canonical,
+        command,
+        None,
+    )
+    .await
 }
 
 /// Runs one command for `actor` (the caller's `sub`) with the idempotency protocol
 /// around it. Keys are scoped per actor: two callers never see each other's answers.
+/// `data_key` is the new account's key, for a command that opens one.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     state: &AppState,
     actor: &str,
@@ -354,6 +390,7 @@ async fn run(
     path: String,
     canonical: &[u8],
     command: Command,
+    data_key: Option<WrappedKey>,
 ) -> Result<Response> {
     let metadata = Metadata {
         actor: actor.to_owned(),
@@ -370,6 +407,7 @@ async fn run(
                 command,
                 metadata,
                 idempotency: None,
+                data_key,
             })
             .await?
         {
@@ -400,6 +438,7 @@ async fn run(
         command,
         metadata,
         idempotency: Some(claim.clone()),
+        data_key,
     };
     match state.commands.execute(submission).await? {
         Executed::Committed(response) => Ok(response.to_response(false)),

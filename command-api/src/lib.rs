@@ -4,11 +4,13 @@
 //! # Layout
 //!
 //! - [`Config`]: flags and environment.
-//! - [`run`]: checks the token key (no key, no start), connects, migrates, starts the
-//!   committer, the relay and the idempotency purge, and serves until shutdown.
+//! - [`run`]: checks the token key and the personal-data master key (no key, no start),
+//!   connects, migrates, starts the committer, the relay and the idempotency purge, and
+//!   serves until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
 //! - [`access`]: the role each route needs, and the caller handlers record as `actor`.
-//! - [`handlers`]: one function per command endpoint of API.md; [`dto`] their bodies.
+//! - [`handlers`]: one function per command endpoint of API.md; [`dto`] their bodies;
+//!   [`erasure`] answers a repeated erasure.
 //! - [`extract`]: body and header parsing into problems; [`correlation`]: the
 //!   `X-Correlation-Id` middleware.
 //! - [`committer`]: decides against cached state and appends with group commit; [`cache`]
@@ -22,6 +24,7 @@ pub mod cache;
 pub mod committer;
 pub mod correlation;
 pub mod dto;
+pub mod erasure;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -37,6 +40,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::EventStore;
+use event_store::pii::{PiiConfig, PiiConfigError, Vault};
 use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use event_store::relay;
@@ -63,6 +67,9 @@ pub struct Config {
     pub auth: AuthConfig,
 
     #[command(flatten)]
+    pub pii: PiiConfig,
+
+    #[command(flatten)]
     pub limits: HttpLimits,
 
     /// Address to serve HTTP on.
@@ -75,6 +82,8 @@ pub struct Config {
 pub enum RunError {
     #[error("the token settings cannot be used")]
     Auth(#[from] AuthConfigError),
+    #[error("the personal-data master key cannot be used")]
+    Pii(#[from] PiiConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
     #[error("the HTTP server failed")]
@@ -91,6 +100,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
     pub access: AccessControl,
+    /// Makes each new account's data key and seals its owner with it.
+    pub vault: Vault,
 }
 
 impl AppState {
@@ -100,8 +111,15 @@ impl AppState {
         store: EventStore,
         readiness: Readiness,
         authenticator: Authenticator,
+        vault: Vault,
     ) -> (Self, JoinHandle<()>) {
-        Self::with_settings(store, readiness, authenticator, CommitterSettings::default())
+        Self::with_settings(
+            store,
+            readiness,
+            authenticator,
+            vault,
+            CommitterSettings::default(),
+        )
     }
 
     /// As [`AppState::new`], with other bounds (tests use a tiny queue to see it fill).
@@ -109,6 +127,7 @@ impl AppState {
         store: EventStore,
         readiness: Readiness,
         authenticator: Authenticator,
+        vault: Vault,
         settings: CommitterSettings,
     ) -> (Self, JoinHandle<()>) {
         let (commands, committer) = committer::spawn(store, settings);
@@ -121,6 +140,7 @@ impl AppState {
                     authenticator,
                     table: access::ACCESS,
                 },
+                vault,
             },
             committer,
         )
@@ -178,6 +198,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // First, before any connection: a misconfigured process should fail fast and plainly.
     let authenticator = Authenticator::from_config(&config.auth)?;
+    let vault = Vault::from_config(&config.pii, config.auth.insecure_development_auth)?;
     let pool = process::database::connect_and_migrate(
         &config.common.database_url,
         config.common.database_max_connections,
@@ -196,7 +217,7 @@ pub async fn run(
     ));
     let purge = tokio::spawn(idempotency::purge_periodically(pool.clone(), stop.clone()));
 
-    let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator);
+    let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator, vault);
     // Every command answers within the request timeout: none is exempt.
     let router = process::limits::apply(app(state), &config.limits, &[]);
     let served =

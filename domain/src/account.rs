@@ -16,7 +16,7 @@ use crate::error::{DomainError, EvolveError};
 use crate::event::AccountEvent;
 use crate::ids::AccountId;
 use crate::money::{Amount, Balance, Currency, OverdraftLimit};
-use crate::owner::Owner;
+use crate::sealed::SealedOwner;
 use crate::text::{Reason, Reference};
 
 /// Where an account is in its life.
@@ -35,12 +35,17 @@ pub enum AccountStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub id: AccountId,
-    /// `None` once personal data was erased (or can no longer be decrypted).
-    pub owner: Option<Owner>,
+    /// The holder, sealed; `None` once personal data was erased, or if the account was
+    /// opened before owners were sealed (its plaintext is not carried forward).
+    pub owner: Option<SealedOwner>,
     pub currency: Currency,
     pub balance: Balance,
     pub overdraft_limit: OverdraftLimit,
     pub status: AccountStatus,
+    /// Whether `PersonalDataErased` was recorded. Kept apart from `owner`, which may be
+    /// `None` for other reasons (an old account), so that erasing such an account is
+    /// still recorded once, and erasing an erased one is refused.
+    pub personal_data_erased: bool,
 }
 
 /// What a client may ask of one account.
@@ -48,7 +53,8 @@ pub struct Account {
 pub enum AccountCommand {
     Open {
         id: AccountId,
-        owner: Owner,
+        /// Sealed by the caller with the new account's own key.
+        owner: SealedOwner,
         currency: Currency,
         overdraft_limit: OverdraftLimit,
     },
@@ -166,7 +172,7 @@ impl Account {
             }
             // Allowed on closed accounts too: erasure after closing is the usual case.
             AccountCommand::ErasePersonalData => {
-                if account.owner.is_none() {
+                if account.personal_data_erased {
                     return Err(DomainError::PersonalDataAlreadyErased { account_id });
                 }
                 AccountEvent::PersonalDataErased { account_id }
@@ -235,6 +241,7 @@ impl Account {
                     balance: Balance::ZERO,
                     overdraft_limit: *overdraft_limit,
                     status: AccountStatus::Open,
+                    personal_data_erased: false,
                 });
             }
             (None, event) => {
@@ -278,7 +285,10 @@ impl Account {
             AccountEvent::AccountFrozen { .. } => account.status = AccountStatus::Frozen,
             AccountEvent::AccountUnfrozen { .. } => account.status = AccountStatus::Open,
             AccountEvent::AccountClosed { .. } => account.status = AccountStatus::Closed,
-            AccountEvent::PersonalDataErased { .. } => account.owner = None,
+            AccountEvent::PersonalDataErased { .. } => {
+                account.owner = None;
+                account.personal_data_erased = true;
+            }
         }
         Ok(account)
     }
@@ -311,7 +321,7 @@ mod tests {
     fn open_command(overdraft: i64) -> AccountCommand {
         AccountCommand::Open {
             id: id(),
-            owner: Owner::parse("Ada", "ada@example.com").expect("valid owner"),
+            owner: crate::event::tests::sealed_owner(),
             currency: Currency::parse("EUR").expect("EUR is a currency"),
             overdraft_limit: OverdraftLimit::new(overdraft).expect("valid limit"),
         }
@@ -379,10 +389,8 @@ mod tests {
         assert_eq!(account.balance, Balance::ZERO);
         assert_eq!(account.overdraft_limit.get(), 500);
         assert_eq!(account.status, AccountStatus::Open);
-        assert_eq!(
-            account.owner.map(|o| o.email.as_str().to_owned()),
-            Some("ada@example.com".to_owned())
-        );
+        assert_eq!(account.owner, Some(crate::event::tests::sealed_owner()));
+        assert!(!account.personal_data_erased);
     }
 
     #[test]
@@ -584,6 +592,28 @@ mod tests {
             refusal(&erased, AccountCommand::ErasePersonalData),
             Some("personal-data-already-erased")
         );
+    }
+
+    #[test]
+    fn an_account_opened_without_a_sealed_owner_can_still_be_erased_once() {
+        let legacy = Account {
+            owner: None,
+            ..open_account(0, 0)
+        };
+        let erased = run(Some(legacy), AccountCommand::ErasePersonalData).expect("erasure is recorded");
+        assert!(erased.personal_data_erased);
+        assert_eq!(
+            refusal(&erased, AccountCommand::ErasePersonalData),
+            Some("personal-data-already-erased")
+        );
+    }
+
+    #[test]
+    fn erasing_personal_data_of_a_frozen_account_is_allowed() {
+        let frozen = with_status(AccountStatus::Frozen, 100);
+        let erased = run(Some(frozen), AccountCommand::ErasePersonalData).expect("erases");
+        assert_eq!((erased.owner, erased.status), (None, AccountStatus::Frozen));
+        assert_eq!(erased.balance.get(), 100);
     }
 
     #[test]

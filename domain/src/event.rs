@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::error::DecodeError;
 use crate::ids::{AccountId, StreamRef, TransferId};
 use crate::money::{Amount, Currency, OverdraftLimit};
-use crate::owner::Owner;
+use crate::sealed::{SealedOwner, SealedText};
 use crate::text::{Reason, Reference};
 use crate::upcast;
 
@@ -53,11 +53,12 @@ pub const TRANSFER_EVENT_TYPES: &[&str] = &[TRANSFER_EXECUTED];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "data")]
 pub enum AccountEvent {
-    /// `owner` is `None` when the stored owner can no longer be read (its encryption key
-    /// was destroyed by erasure), so such a stream still folds.
+    /// `owner` is the holder's name and email sealed under the account's own key
+    /// (ciphertext only; [`crate::sealed`]). `None` for an event stored before owners
+    /// were sealed (see [`crate::upcast`]): such a stream still folds.
     AccountOpened {
         account_id: AccountId,
-        owner: Option<Owner>,
+        owner: Option<SealedOwner>,
         currency: Currency,
         overdraft_limit: OverdraftLimit,
     },
@@ -185,12 +186,15 @@ impl ToStored for Reason {
     }
 }
 
-impl ToStored for Owner {
+impl ToStored for SealedText {
     fn to_stored(&self) -> Value {
-        object([
-            ("name", Value::String(self.name.as_str().to_owned())),
-            ("email", Value::String(self.email.as_str().to_owned())),
-        ])
+        Value::String(self.as_str().to_owned())
+    }
+}
+
+impl ToStored for SealedOwner {
+    fn to_stored(&self) -> Value {
+        object([("name", self.name.to_stored()), ("email", self.email.to_stored())])
     }
 }
 
@@ -458,6 +462,14 @@ pub(crate) mod tests {
         Amount::new(minor_units).expect("valid amount")
     }
 
+    /// An owner as the vault would have sealed it (the domain cannot tell the difference).
+    pub(crate) fn sealed_owner() -> SealedOwner {
+        SealedOwner {
+            name: SealedText::parse("pii:v1:c2VhbGVkIG5hbWU=").expect("valid sealed text"),
+            email: SealedText::parse("pii:v1:c2VhbGVkIGVtYWls").expect("valid sealed text"),
+        }
+    }
+
     /// One event of every type, with optional fields both set and unset.
     pub(crate) fn one_of_every_event() -> Vec<LedgerEvent> {
         let reference = Some(Reference::parse("rent").expect("valid reference"));
@@ -466,7 +478,7 @@ pub(crate) mod tests {
         vec![
             AccountEvent::AccountOpened {
                 account_id: account(1),
-                owner: Some(Owner::parse("Ada", "ada@example.com").expect("valid owner")),
+                owner: Some(sealed_owner()),
                 currency: eur(),
                 overdraft_limit: OverdraftLimit::new(500).expect("valid limit"),
             }
@@ -566,15 +578,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn account_opened_is_stored_with_a_nested_owner_at_schema_2() {
+    fn account_opened_is_stored_with_a_nested_sealed_owner_at_schema_3() {
         let stored = one_of_every_event()[0].to_stored();
         assert_eq!(stored.event_type, "AccountOpened");
-        assert_eq!(stored.schema_version, 2);
+        assert_eq!(stored.schema_version, 3);
         assert_eq!(
             stored.data,
             json!({
                 "account_id": account(1).to_string(),
-                "owner": {"name": "Ada", "email": "ada@example.com"},
+                "owner": {"name": "pii:v1:c2VhbGVkIG5hbWU=", "email": "pii:v1:c2VhbGVkIGVtYWls"},
                 "currency": "EUR",
                 "overdraft_limit": 500,
             })
@@ -582,20 +594,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn account_opened_with_an_unreadable_owner_decodes_with_no_owner() {
+    fn account_opened_with_no_owner_decodes_with_no_owner() {
         let data = json!({
             "account_id": account(1).to_string(),
             "owner": null,
             "currency": "EUR",
             "overdraft_limit": 0,
         });
-        let event = LedgerEvent::from_stored(ACCOUNT_OPENED, 2, data);
+        let event = LedgerEvent::from_stored(ACCOUNT_OPENED, 3, data);
         assert!(matches!(
             event,
             Ok(LedgerEvent::Account(AccountEvent::AccountOpened {
                 owner: None,
                 ..
             }))
+        ));
+    }
+
+    #[test]
+    fn account_opened_with_a_plaintext_owner_at_schema_3_is_a_decode_error() {
+        let data = json!({
+            "account_id": account(1).to_string(),
+            "owner": {"name": "Ada Lovelace", "email": "ada@example.com"},
+            "currency": "EUR",
+            "overdraft_limit": 0,
+        });
+        assert!(matches!(
+            LedgerEvent::from_stored(ACCOUNT_OPENED, 3, data),
+            Err(DecodeError::InvalidData { .. })
         ));
     }
 

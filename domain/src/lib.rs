@@ -14,7 +14,9 @@
 //! - [`text`]: the rules every piece of user-typed text follows, and the free text on
 //!   commands ([`Reference`], [`Reason`]).
 //! - [`owner`]: the account holder ([`Owner`], [`OwnerName`], [`Email`]), the personal
-//!   data that erasure removes.
+//!   data that erasure removes, as a client gives it.
+//! - [`sealed`]: the owner as the ledger keeps it ([`SealedOwner`]): ciphertext only,
+//!   sealed outside the domain with a key the domain never sees.
 //! - [`account`]: the account aggregate ([`Account`], [`AccountCommand`],
 //!   [`AccountStatus`]) with its rules.
 //! - [`transfer`]: moving money between two accounts ([`decide_transfer`],
@@ -30,6 +32,7 @@ pub mod event;
 pub mod ids;
 pub mod money;
 pub mod owner;
+pub mod sealed;
 pub mod text;
 pub mod transfer;
 pub mod upcast;
@@ -40,5 +43,6 @@ pub use event::{AccountEvent, EVENT_TYPES, EventData, LedgerEvent, TransferEvent
 pub use ids::{AccountId, StreamRef, TransferId, parse_stream_id};
 pub use money::{Amount, Balance, Currency, OverdraftLimit};
 pub use owner::{Email, Owner, OwnerName};
+pub use sealed::{SealedOwner, SealedText};
 pub use text::{Reason, Reference};
 pub use transfer::{Transfer, TransferCommand, TransferDecision, decide_transfer};

@@ -177,7 +177,6 @@ mod tests {
     use super::*;
     use crate::account::AccountStatus;
     use crate::money::{Balance, OverdraftLimit};
-    use crate::owner::Owner;
     use uuid::Uuid;
 
     fn account_id(n: u128) -> AccountId {
@@ -195,11 +194,12 @@ mod tests {
     fn account(n: u128, currency: &str, balance: i64, overdraft: i64) -> Account {
         Account {
             id: account_id(n),
-            owner: Some(Owner::parse("Ada", "ada@example.com").expect("valid owner")),
+            owner: Some(crate::event::tests::sealed_owner()),
             currency: Currency::parse(currency).expect("valid currency"),
             balance: Balance::new(balance),
             overdraft_limit: OverdraftLimit::new(overdraft).expect("valid limit"),
             status: AccountStatus::Open,
+            personal_data_erased: false,
         }
     }
 

@@ -10,6 +10,15 @@
 //! - `AccountOpened` 1 → 2: the flat `owner_name` and `owner_email` became
 //!   `owner: {"name", "email"}` (null once unreadable), and `overdraft_limit` was added
 //!   (accounts opened before it existed had none, so it is 0).
+//! - `AccountOpened` 2 → 3: `owner` holds the name and email sealed (encrypted) under
+//!   the account's own key, no longer plaintext (API.md, "Security"). The shape is the
+//!   same; the meaning is not, hence the new version. An upcast is a pure function and
+//!   has no key, so it cannot seal an old plaintext owner; passing the plaintext on
+//!   would put it into read models and answers where sealed data is expected and where
+//!   erasure could never reach it. So the step drops it: an owner stored in plaintext
+//!   reads as `null` (unknown), like an erased one. The plaintext itself stays in those
+//!   old rows of the append-only log; removing it needs an operator's rewrite of the
+//!   log, which no reader may do on the fly.
 
 use serde_json::{Map, Value};
 
@@ -22,7 +31,7 @@ use crate::event::{
 /// The schema version every event type is written at today. Bump one only together with
 /// a step in [`upcast_one_version`] from the previous version.
 const CURRENT_SCHEMA_VERSIONS: &[(&str, i32)] = &[
-    (ACCOUNT_OPENED, 2),
+    (ACCOUNT_OPENED, 3),
     (FUNDS_DEPOSITED, 1),
     (FUNDS_WITHDRAWN, 1),
     (TRANSFER_DEBITED, 1),
@@ -75,6 +84,7 @@ pub fn upcast(event_type: &str, schema_version: i32, data: Value) -> Result<Valu
 fn upcast_one_version(event_type: &str, version: i32, data: Value) -> Result<Value, String> {
     match (event_type, version) {
         (ACCOUNT_OPENED, 1) => account_opened_1_to_2(data),
+        (ACCOUNT_OPENED, 2) => account_opened_2_to_3(data),
         // Unreachable while CURRENT_SCHEMA_VERSIONS and the steps agree (tested below).
         _ => Err(format!("no upgrade from schema version {version}")),
     }
@@ -104,11 +114,25 @@ fn account_opened_1_to_2(data: Value) -> Result<Value, String> {
     Ok(Value::Object(fields))
 }
 
+/// `AccountOpened` 2 → 3: a plaintext owner cannot be sealed here (no key), and must not
+/// pass for a sealed one, so it becomes `null` (see the module's history).
+fn account_opened_2_to_3(data: Value) -> Result<Value, String> {
+    let Value::Object(mut fields) = data else {
+        return Err("data must be a JSON object".to_owned());
+    };
+    match fields.get("owner") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err("owner must be an object or null".to_owned()),
+    }
+    fields.insert("owner".to_owned(), Value::Null);
+    Ok(Value::Object(fields))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::EVENT_TYPES;
-    use crate::{AccountEvent, AccountId, Currency, LedgerEvent, OverdraftLimit, Owner};
+    use crate::{AccountEvent, AccountId, Currency, LedgerEvent, OverdraftLimit};
     use serde_json::json;
 
     const ACCOUNT_UUID: &str = "0190f3c4-7a8b-7c3d-9e4f-123456789abc";
@@ -135,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn account_opened_version_1_upcasts_to_a_nested_owner_and_zero_overdraft() {
+    fn account_opened_version_1_upcasts_to_no_owner_and_zero_overdraft() {
         let v1 = json!({
             "account_id": ACCOUNT_UUID,
             "owner_name": "Ada Lovelace",
@@ -145,7 +169,7 @@ mod tests {
         let event = LedgerEvent::from_stored("AccountOpened", 1, v1);
         let expected = AccountEvent::AccountOpened {
             account_id: ACCOUNT_UUID.parse::<AccountId>().expect("valid id"),
-            owner: Some(Owner::parse("Ada Lovelace", "ada@example.com").expect("valid owner")),
+            owner: None,
             currency: Currency::parse("EUR").expect("EUR is a currency"),
             overdraft_limit: OverdraftLimit::ZERO,
         };
@@ -153,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn account_opened_version_1_upcast_gives_the_version_2_data() {
+    fn account_opened_step_1_to_2_gives_the_version_2_data() {
         let v1 = json!({
             "account_id": ACCOUNT_UUID,
             "owner_name": "Ada",
@@ -161,7 +185,7 @@ mod tests {
             "currency": "EUR"
         });
         assert_eq!(
-            upcast(ACCOUNT_OPENED, 1, v1),
+            upcast_one_version(ACCOUNT_OPENED, 1, v1),
             Ok(json!({
                 "account_id": ACCOUNT_UUID,
                 "owner": {"name": "Ada", "email": "ada@example.com"},
@@ -169,6 +193,39 @@ mod tests {
                 "overdraft_limit": 0
             }))
         );
+    }
+
+    #[test]
+    fn account_opened_version_2_upcasts_its_plaintext_owner_to_null_and_keeps_the_rest() {
+        let v2 = json!({
+            "account_id": ACCOUNT_UUID,
+            "owner": {"name": "Ada", "email": "ada@example.com"},
+            "currency": "EUR",
+            "overdraft_limit": 500
+        });
+        let v3 = upcast(ACCOUNT_OPENED, 2, v2).expect("upcasts");
+        assert_eq!(
+            v3,
+            json!({
+                "account_id": ACCOUNT_UUID,
+                "owner": null,
+                "currency": "EUR",
+                "overdraft_limit": 500
+            })
+        );
+        assert!(!v3.to_string().contains("Ada"), "no plaintext passes the upcast");
+    }
+
+    #[test]
+    fn account_opened_version_2_with_an_owner_that_is_not_an_object_is_invalid() {
+        let v2 = json!({"account_id": ACCOUNT_UUID, "owner": "Ada", "currency": "EUR", "overdraft_limit": 0});
+        assert!(matches!(
+            upcast(ACCOUNT_OPENED, 2, v2),
+            Err(DecodeError::InvalidData {
+                schema_version: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -212,11 +269,11 @@ mod tests {
 
     #[test]
     fn schema_versions_below_1_or_above_current_are_unsupported() {
-        for version in [i32::MIN, -1, 0, 3, i32::MAX] {
+        for version in [i32::MIN, -1, 0, 4, i32::MAX] {
             assert!(
                 matches!(
                     upcast(ACCOUNT_OPENED, version, json!({})),
-                    Err(DecodeError::UnsupportedSchemaVersion { current: 2, .. })
+                    Err(DecodeError::UnsupportedSchemaVersion { current: 3, .. })
                 ),
                 "{version}"
             );

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use domain::{
     Account, AccountCommand, AccountEvent, AccountId, AccountStatus, Amount, Currency, DomainError,
-    LedgerEvent, OverdraftLimit, Owner, Reference, Transfer, TransferCommand, TransferId, decide_transfer,
+    LedgerEvent, OverdraftLimit, Reference, SealedOwner, SealedText, Transfer, TransferCommand, TransferId,
+    decide_transfer,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -117,7 +118,10 @@ impl World {
             let currency = if slot == OTHER_CURRENCY_SLOT { "USD" } else { "EUR" };
             let command = AccountCommand::Open {
                 id: account_id(slot),
-                owner: Owner::parse("Ada", "ada@example.com").expect("valid owner"),
+                owner: SealedOwner {
+                    name: SealedText::parse("pii:v1:bmFtZQ==").expect("sealed"),
+                    email: SealedText::parse("pii:v1:ZW1haWw=").expect("sealed"),
+                },
                 currency: Currency::parse(currency).expect("valid currency"),
                 overdraft_limit: *limit,
             };

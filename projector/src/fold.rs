@@ -94,6 +94,9 @@ fn inconsistent(event: &ProjectedEvent, reason: impl Into<String>) -> ApplyError
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AccountRow {
     pub account_id: Uuid,
+    /// The owner's name and email exactly as the event carries them: sealed under the
+    /// account's key, so that no read model (nor a dump of one) ever holds plaintext.
+    /// The query API opens them while the key exists. `None` once erased.
     pub owner_name: Option<String>,
     pub owner_email: Option<String>,
     pub currency: String,
@@ -171,8 +174,8 @@ pub fn fold_account(
             account_id,
             AccountRow {
                 account_id,
-                owner_name: owner.as_ref().map(|owner| owner.name.as_str().to_owned()),
-                owner_email: owner.as_ref().map(|owner| owner.email.as_str().to_owned()),
+                owner_name: owner.as_ref().map(|sealed| sealed.name.as_str().to_owned()),
+                owner_email: owner.as_ref().map(|sealed| sealed.email.as_str().to_owned()),
                 currency: currency.as_str().to_owned(),
                 balance: 0,
                 overdraft_limit: overdraft_limit.get(),
@@ -318,7 +321,7 @@ pub fn fold_transfer(event: &ProjectedEvent, rows: &mut Vec<TransferRow>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{AccountId, Amount, Currency, OverdraftLimit, Owner};
+    use domain::{AccountId, Amount, Currency, OverdraftLimit, SealedOwner, SealedText};
 
     fn at(position: i64, stream_version: i64, event: AccountEvent) -> ProjectedEvent {
         ProjectedEvent {
@@ -332,7 +335,10 @@ mod tests {
     fn opened(id: AccountId) -> AccountEvent {
         AccountEvent::AccountOpened {
             account_id: id,
-            owner: Some(Owner::parse("Ada Lovelace", "ada@example.com").expect("valid owner")),
+            owner: Some(SealedOwner {
+                name: SealedText::parse("pii:v1:bmFtZQ==").expect("sealed"),
+                email: SealedText::parse("pii:v1:ZW1haWw=").expect("sealed"),
+            }),
             currency: Currency::parse("EUR").expect("EUR"),
             overdraft_limit: OverdraftLimit::new(100).expect("valid limit"),
         }
@@ -413,10 +419,16 @@ mod tests {
     }
 
     #[test]
-    fn erasure_clears_the_owner_but_keeps_the_balance() {
+    fn erasure_clears_the_sealed_owner_but_keeps_the_balance() {
         let id = AccountId::new_v7();
         let mut accounts = HashMap::new();
         fold_account(&mut accounts, &at(1, 1, opened(id))).expect("opens");
+        let row = &accounts[&id.as_uuid()];
+        assert_eq!(
+            (row.owner_name.as_deref(), row.owner_email.as_deref()),
+            (Some("pii:v1:bmFtZQ=="), Some("pii:v1:ZW1haWw=")),
+            "the row keeps the ciphertext, never plaintext"
+        );
         fold_account(
             &mut accounts,
             &at(2, 2, AccountEvent::PersonalDataErased { account_id: id }),

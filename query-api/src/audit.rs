@@ -6,6 +6,9 @@
 //! is read in position order straight from the chosen index, however deep the cursor.
 //! Only the filters a request gives appear in its statement, so the planner sees plain
 //! equalities and never a `$1 IS NULL OR ...` it cannot index.
+//!
+//! `AccountOpened` envelopes show their owner opened while the account's key exists and
+//! `null` after erasure, never the stored ciphertext ([`crate::owners`] says why).
 
 use axum::Json;
 use axum::extract::State;
@@ -18,6 +21,7 @@ use tracing::instrument;
 use crate::AppState;
 use crate::consistency::{Consistency, Projected, read_consistent};
 use crate::error::{QueryError, Result};
+use crate::owners;
 use crate::params::{self, Params, PathText};
 use crate::progress::Source;
 
@@ -215,6 +219,7 @@ async fn read_page(state: &AppState, filter: &AuditFilter) -> Result<Projected<A
     } else {
         None
     };
+    owners::reveal_envelopes(&state.pool, &state.vault, &mut items).await?;
     Ok(Projected {
         position,
         body: AuditPage { items, next_after },
@@ -270,6 +275,7 @@ async fn read_stream(state: &AppState, stream_id: &str) -> Result<Projected<Vec<
     // Appends after the head was read are left for the next request, so that the
     // answer is exactly the stream as of `position`.
     events.retain(|event| event.position <= position);
+    owners::reveal_envelopes(&state.pool, &state.vault, &mut events).await?;
     Ok(Projected {
         position,
         body: events,

@@ -52,6 +52,14 @@ pub enum QueryError {
     /// 500 `internal`: the event store failed or broke an invariant.
     #[error("event store error")]
     Store(#[from] StoreError),
+    /// 500 `internal`: an account's sealed owner does not open although its key exists
+    /// (tampered data, or a master key that is not the one that wrapped the key).
+    #[error("the owner of account {account_id} cannot be opened")]
+    Unsealable {
+        account_id: uuid::Uuid,
+        #[source]
+        source: event_store::pii::PiiError,
+    },
     /// 500 `internal`: a stored event cannot be decoded or folded: the log is corrupt.
     #[error("stored event at position {position} cannot be folded")]
     Corrupt {
@@ -95,7 +103,7 @@ impl QueryError {
                 "too-many-live-tails",
                 "Too many live tails",
             ),
-            Self::Database(_) | Self::Store(_) | Self::Corrupt { .. } => {
+            Self::Database(_) | Self::Store(_) | Self::Corrupt { .. } | Self::Unsealable { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
             }
         }

@@ -1,7 +1,9 @@
 //! Time travel: `GET /accounts/{id}/history?at_position=N` or `?at_time=<RFC 3339>`
 //! folds the account's own events, up to that point, with the domain's
 //! `Account::evolve`, the same rules the command side uses. No read model is involved,
-//! so the answer is right even while a projection is being rebuilt.
+//! so the answer is right even while a projection is being rebuilt. The owner is opened
+//! with the account's key as it is now: once erased, it is `null` at every point of
+//! the past too.
 
 use axum::Json;
 use axum::extract::State;
@@ -17,9 +19,10 @@ use crate::AppState;
 use crate::audit::head;
 use crate::consistency::{Consistency, Projected, read_consistent};
 use crate::error::{QueryError, Result};
+use crate::owners;
 use crate::params::{self, Params, PathText};
 use crate::progress::Source;
-use crate::views::accounts::{AccountView, OwnerView};
+use crate::views::accounts::AccountView;
 
 /// The account as it stood at a point of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -138,7 +141,14 @@ async fn read_history(
                 .await?
         }
     };
-    let view = fold(&events)?.map(|(account, version)| {
+    let folded = fold(&events)?;
+    let owner = match &folded {
+        Some((account, _)) => {
+            owners::open_folded(&state.pool, &state.vault, account_id, account.owner.as_ref()).await?
+        }
+        None => None,
+    };
+    let view = folded.map(|(account, version)| {
         // `fold` returned Some, so there is a first and a last event.
         let opened_at = events.first().map_or_else(Utc::now, |event| event.recorded_at);
         let (last_position, updated_at) = events
@@ -147,10 +157,7 @@ async fn read_history(
         AccountHistoryView {
             account: AccountView {
                 account_id,
-                owner: account.owner.map(|owner| OwnerView {
-                    name: owner.name.as_str().to_owned(),
-                    email: owner.email.as_str().to_owned(),
-                }),
+                owner,
                 currency: account.currency.as_str().to_owned(),
                 balance: account.balance.get(),
                 overdraft_limit: account.overdraft_limit.get(),

@@ -13,6 +13,7 @@
 //! - [`views`]: accounts, transactions, transfers (read models).
 //! - [`audit`], [`live`]: the audit log, paged and as a live SSE tail.
 //! - [`history`]: an account folded from its events up to a position or time.
+//! - [`owners`]: opens sealed owners for answers, `null` once erased.
 //! - [`projections`]: `GET /projections`.
 //! - [`params`], [`cursor`]: parsing parameters and opaque cursors into 400s.
 //! - [`error`]: every failure as `application/problem+json`.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod history;
 pub mod live;
 pub mod openapi;
+pub mod owners;
 pub mod params;
 pub mod progress;
 pub mod projections;
@@ -38,6 +40,7 @@ use std::sync::Arc;
 use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
+use event_store::pii::{PiiConfig, PiiConfigError, Vault};
 use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
 use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use sqlx::PgPool;
@@ -60,6 +63,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub pii: PiiConfig,
 
     /// Address to serve HTTP on.
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
@@ -86,6 +92,8 @@ pub struct Config {
 pub enum RunError {
     #[error("the token settings cannot be used")]
     Auth(#[from] AuthConfigError),
+    #[error("the personal-data master key cannot be used")]
+    Pii(#[from] PiiConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
     #[error("could not connect as the read-only role")]
@@ -106,6 +114,8 @@ pub struct AppState {
     /// Cancelled when the process stops, so that live tails end.
     pub stop: CancellationToken,
     pub readiness: Readiness,
+    /// Opens the sealed owners of accounts, audit envelopes and history.
+    pub vault: Vault,
     /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
     pub access: AccessControl,
 }
@@ -171,6 +181,7 @@ pub async fn start(
     max_connections: u32,
     nats: async_nats::Client,
     authenticator: Authenticator,
+    vault: Vault,
     stop: CancellationToken,
 ) -> Result<AppState, sqlx::Error> {
     let pool = database::connect_reader(reader_options.clone(), max_connections).await?;
@@ -196,6 +207,7 @@ pub async fn start(
         progress,
         live_tails: LiveTails::default(),
         stop,
+        vault,
         access: AccessControl {
             authenticator,
             table: access::ACCESS,
@@ -212,6 +224,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // First, before any connection: a misconfigured process should fail fast and plainly.
     let authenticator = Authenticator::from_config(&config.auth)?;
+    let vault = Vault::from_config(&config.pii, config.auth.insecure_development_auth)?;
     // Migrations need the owner; nothing else in this process does.
     let owner = process::database::connect_and_migrate(&config.common.database_url, 1).await?;
     owner.close().await;
@@ -226,6 +239,7 @@ pub async fn run(
         config.common.database_max_connections,
         nats,
         authenticator,
+        vault,
         stop.clone(),
     )
     .await

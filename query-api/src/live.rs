@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use event_store::pii::Vault;
 use event_store::{EventStore, RecordedEvent};
 use futures::Stream;
 use serde::Deserialize;
@@ -113,6 +114,7 @@ pub async fn live_events(
         buffered: VecDeque::new(),
         positions: state.progress.subscribe(),
         stop: state.stop.clone(),
+        vault: state.vault.clone(),
         _permit: permit,
     };
     let mut response = Sse::new(tail.into_stream())
@@ -132,6 +134,8 @@ struct Tail {
     positions: watch::Receiver<Positions>,
     /// The process is stopping: end the stream so graceful shutdown is not held up.
     stop: CancellationToken,
+    /// Opens owners in `AccountOpened` envelopes, as the audit log does.
+    vault: Vault,
     /// Held for as long as the stream lives.
     _permit: OwnedSemaphorePermit,
 }
@@ -175,7 +179,15 @@ impl Tail {
                         }
                     }
                 }
-                Ok(events) => self.buffered.extend(events),
+                Ok(mut events) => {
+                    let revealed =
+                        crate::owners::reveal_envelopes(self.store.pool(), &self.vault, &mut events).await;
+                    if let Err(error) = revealed {
+                        tracing::error!(error = %event_store::error_chain(&error), "live tail cannot open an owner, closing it");
+                        return None;
+                    }
+                    self.buffered.extend(events);
+                }
                 Err(error) => {
                     tracing::warn!(error = %event_store::error_chain(&error), "live tail read failed, closing it");
                     return None;

@@ -18,6 +18,9 @@ use uuid::Uuid;
 /// their tokens with it ([`System::token`]).
 pub const TEST_AUTH_SECRET: &str = "eventledger-end-to-end-test-secret-0123456789";
 
+/// The master key for personal data that every process of a test system gets (base64 of 32 bytes).
+pub const TEST_PII_MASTER_KEY: &str = "ZXZlbnRsZWRnZXItZW5kLXRvLWVuZC1waWkta2V5ISE=";
+
 /// How long a process may take from spawn to answering `/readyz` with 200: migrations
 /// and the first NATS connection included, on a loaded 2-core machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,6 +214,7 @@ impl System {
             ("EVENTS_SUBJECT_PREFIX", self.subject_prefix.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "8"),
             ("AUTH_JWT_SECRET", TEST_AUTH_SECRET),
+            ("PII_MASTER_KEY", TEST_PII_MASTER_KEY),
             ("RUST_LOG", "warn"),
         ]
         .into_iter()

@@ -44,6 +44,11 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// The vault of every test app: a fixed master key, so tests can open what it sealed.
+pub fn test_vault() -> event_store::pii::Vault {
+    event_store::pii::Vault::from_base64("dGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmchISE=").expect("master key")
+}
+
 /// One running command API. The relay does not run: these tests look at PostgreSQL.
 pub struct TestApp {
     pub address: String,
@@ -74,6 +79,7 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
             nats,
         },
         Authenticator::hs256(TEST_SECRET.as_bytes()),
+        test_vault(),
         settings,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

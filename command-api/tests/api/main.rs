@@ -12,4 +12,5 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod openapi;
+mod pii;
 mod preconditions;

@@ -1,4 +1,7 @@
 //! `GET /accounts/{id}` and `GET /accounts?status=&currency=&limit=&cursor=`.
+//!
+//! The read model holds owners sealed; each statement joins the account's wrapped key
+//! (absent once erased), and [`crate::owners`] opens the owner or answers `null`.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,11 +12,14 @@ use tracing::instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use event_store::pii::Vault;
+
 use super::checkpoint_of;
 use crate::AppState;
 use crate::consistency::{Consistency, Projected, read_consistent};
 use crate::cursor;
 use crate::error::{QueryError, Result};
+use crate::owners;
 use crate::params::{self, Params, PathText};
 use crate::progress::Source;
 
@@ -55,8 +61,10 @@ pub struct AccountPage {
 struct AccountRow {
     checkpoint: i64,
     account_id: Option<Uuid>,
+    /// Sealed; opened with `wrapped_key`, the account's data key from `pii_keys`.
     owner_name: Option<String>,
     owner_email: Option<String>,
+    wrapped_key: Option<Vec<u8>>,
     currency: Option<String>,
     balance: Option<i64>,
     overdraft_limit: Option<i64>,
@@ -67,30 +75,56 @@ struct AccountRow {
 }
 
 impl AccountRow {
-    fn view(self) -> Option<AccountView> {
-        let owner = match (self.owner_name, self.owner_email) {
-            (Some(name), Some(email)) => Some(OwnerView { name, email }),
-            _ => None,
+    fn view(self, vault: &Vault) -> Result<Option<AccountView>> {
+        let (
+            Some(account_id),
+            Some(currency),
+            Some(balance),
+            Some(overdraft_limit),
+            Some(status),
+            Some(version),
+            Some(opened_at),
+            Some(updated_at),
+        ) = (
+            self.account_id,
+            self.currency,
+            self.balance,
+            self.overdraft_limit,
+            self.status,
+            self.version,
+            self.opened_at,
+            self.updated_at,
+        )
+        else {
+            return Ok(None);
         };
-        Some(AccountView {
-            account_id: self.account_id?,
+        let owner = owners::open_columns(
+            vault,
+            account_id,
+            self.wrapped_key.as_deref(),
+            self.owner_name.as_deref(),
+            self.owner_email.as_deref(),
+        )?;
+        Ok(Some(AccountView {
+            account_id,
             owner,
-            currency: self.currency?,
-            balance: self.balance?,
-            overdraft_limit: self.overdraft_limit?,
-            status: self.status?,
-            version: self.version?,
-            opened_at: self.opened_at?,
-            updated_at: self.updated_at?,
-        })
+            currency,
+            balance,
+            overdraft_limit,
+            status,
+            version,
+            opened_at,
+            updated_at,
+        }))
     }
 }
 
-/// The account columns, in [`AccountRow`]'s order.
+/// The account columns, in [`AccountRow`]'s order, with the account's wrapped data key
+/// (from `LEFT JOIN pii_keys`).
 macro_rules! account_columns {
     () => {
-        "account_id, owner_name, owner_email, currency, balance, overdraft_limit, status, \
-         version, opened_at, updated_at"
+        "account_id, owner_name, owner_email, pii_keys.wrapped_key, currency, balance, \
+         overdraft_limit, status, version, opened_at, updated_at"
     };
 }
 
@@ -135,14 +169,15 @@ async fn read_account(state: &AppState, account_id: Uuid) -> Result<Projected<Op
         account_columns!(),
         " FROM ",
         checkpoint_of!("accounts"),
-        " LEFT JOIN read_model.accounts ON account_id = $1"
+        " LEFT JOIN read_model.accounts ON account_id = $1",
+        " LEFT JOIN pii_keys ON pii_keys.subject_id = account_id"
     ))
     .bind(account_id)
     .fetch_one(&state.pool)
     .await?;
     Ok(Projected {
         position: row.checkpoint,
-        body: row.view(),
+        body: row.view(&state.vault)?,
     })
 }
 
@@ -232,7 +267,7 @@ async fn read_page(state: &AppState, filter: &ListFilter) -> Result<Projected<Ac
         checkpoint_of!("accounts"),
         " LEFT JOIN LATERAL (SELECT ",
         account_columns!(),
-        " FROM read_model.accounts WHERE true"
+        " FROM read_model.accounts LEFT JOIN pii_keys ON pii_keys.subject_id = account_id WHERE true"
     ));
     if let Some(status) = &filter.status {
         query.push(" AND status = ").push_bind(status.clone());
@@ -250,7 +285,10 @@ async fn read_page(state: &AppState, filter: &ListFilter) -> Result<Projected<Ac
         .push(") page ON true ORDER BY page.account_id");
     let rows: Vec<AccountRow> = query.build_query_as().fetch_all(&state.pool).await?;
     let position = rows.first().map_or(0, |row| row.checkpoint);
-    let mut items: Vec<AccountView> = rows.into_iter().filter_map(AccountRow::view).collect();
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        items.extend(row.view(&state.vault)?);
+    }
     let next_cursor = if items.len() as i64 > filter.limit {
         items.truncate(filter.limit as usize);
         items.last().map(|last| cursor::encode_account(last.account_id))

@@ -2,11 +2,18 @@
 //! tokens with [`TEST_SECRET`], with a client that sends an admin token by default;
 //! read-model rows inserted directly (as the projector would write them), and events
 //! appended through the event store from domain events.
+//!
+//! Owners are sealed as the command API seals them, with [`test_vault`]: a fixture row
+//! or an `AccountOpened` event holds ciphertext, and its account's key is stored in
+//! `pii_keys` with it, so the query API opens them as it would in production.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{AccountEvent, AccountId, Amount, Currency, OverdraftLimit, Owner};
+use domain::{AccountEvent, AccountId, Amount, Currency, OverdraftLimit, Owner, SealedOwner};
+use event_store::pii::{self, Vault, WrappedKey};
 use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use query_api::database::{READER_ROLE, restrict};
@@ -78,7 +85,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
         .expect("NATS client");
     let stop = CancellationToken::new();
     let authenticator = Authenticator::hs256(TEST_SECRET.as_bytes());
-    let state = query_api::start(reader, 4, nats, authenticator, stop.clone())
+    let state = query_api::start(reader, 4, nats, authenticator, test_vault(), stop.clone())
         .await
         .expect("query API state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -145,14 +152,38 @@ impl TestApp {
     }
 
     pub async fn insert_account(&self, account: &AccountFixture) {
+        let sealed = match &account.owner {
+            Some((name, email)) => {
+                // One key per account, as in production: the one its `AccountOpened`
+                // was sealed with, if a test appended that first.
+                let vault = test_vault();
+                let stored = vault
+                    .load_key(&self.pool, account.account_id)
+                    .await
+                    .expect("load key");
+                let key = match stored {
+                    Some(key) => key,
+                    None => {
+                        let (key, wrapped) = vault.new_key(account.account_id).expect("data key");
+                        pii::store_keys(&self.pool, &[wrapped]).await.expect("store key");
+                        key
+                    }
+                };
+                Some(
+                    key.seal_owner(&Owner::parse(name, email).expect("owner"))
+                        .expect("sealed"),
+                )
+            }
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
              overdraft_limit, status, version, opened_at, updated_at, last_position) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(account.account_id)
-        .bind(account.owner.as_ref().map(|(name, _)| name.clone()))
-        .bind(account.owner.as_ref().map(|(_, email)| email.clone()))
+        .bind(sealed.as_ref().map(|owner| owner.name.as_str().to_owned()))
+        .bind(sealed.as_ref().map(|owner| owner.email.as_str().to_owned()))
         .bind(&account.currency)
         .bind(account.balance)
         .bind(0_i64)
@@ -199,6 +230,13 @@ impl TestApp {
         actor: &str,
         correlation_id: &str,
     ) -> AppendOutcome {
+        let new_key = unstored_keys()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&account_id);
+        if let Some(wrapped) = new_key {
+            pii::store_keys(&self.pool, &[wrapped]).await.expect("store key");
+        }
         let events = events
             .iter()
             .map(|event| NewEvent::from_domain(event.to_stored(), metadata(actor, correlation_id)))
@@ -266,10 +304,33 @@ impl AccountFixture {
     }
 }
 
+/// The master key of every test app.
+pub fn test_vault() -> Vault {
+    Vault::from_base64("dGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmchISE=").expect("master key")
+}
+
+/// Keys made by [`opened`] and not yet stored: [`TestApp::append`] stores an account's
+/// key with its events, so `opened` can stay a plain function of the account id.
+fn unstored_keys() -> &'static Mutex<HashMap<AccountId, WrappedKey>> {
+    static KEYS: std::sync::OnceLock<Mutex<HashMap<AccountId, WrappedKey>>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(Mutex::default)
+}
+
+/// "Ada Lovelace <ada@example.com>", sealed under a new key for `account_id`.
+pub fn sealed_ada(account_id: AccountId) -> SealedOwner {
+    let (key, wrapped) = test_vault().new_key(account_id.as_uuid()).expect("data key");
+    unstored_keys()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(account_id, wrapped);
+    key.seal_owner(&Owner::parse("Ada Lovelace", "ada@example.com").expect("owner"))
+        .expect("sealed")
+}
+
 pub fn opened(account_id: AccountId) -> AccountEvent {
     AccountEvent::AccountOpened {
         account_id,
-        owner: Some(Owner::parse("Ada Lovelace", "ada@example.com").expect("owner")),
+        owner: Some(sealed_ada(account_id)),
         currency: Currency::parse("EUR").expect("currency"),
         overdraft_limit: OverdraftLimit::new(0).expect("limit"),
     }

@@ -12,5 +12,6 @@ mod history;
 mod hostile;
 mod live;
 mod openapi;
+mod owners;
 mod privilege;
 mod views;

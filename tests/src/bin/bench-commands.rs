@@ -87,6 +87,7 @@ impl CommandApi {
         let port = free_port()?;
         let child = Command::new(binary)
             .env("AUTH_JWT_SECRET", jwt_secret)
+            .env("PII_MASTER_KEY", tests::harness::TEST_PII_MASTER_KEY)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url, "--nats-url", nats_url])
             .args(extra)
