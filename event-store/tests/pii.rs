@@ -162,5 +162,8 @@ fn the_master_key_never_shows_in_debug_output() {
         pii_master_key: Some(key.clone()),
     };
     let printed = format!("{config:?}");
-    assert!(!printed.contains(&key) && printed.contains("redacted"), "{printed}");
+    assert!(
+        !printed.contains(&key) && printed.contains("redacted"),
+        "{printed}"
+    );
 }
