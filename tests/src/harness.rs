@@ -53,14 +53,17 @@ impl Binary {
     }
 }
 
-/// Where cargo put the workspace's binaries: next to the running test's own directory
-/// (`target/<profile>/deps/<test>` → `target/<profile>/<binary>`).
+/// Where cargo put the workspace's binaries: beside the running executable, which is
+/// either a test (`target/<profile>/deps/<test>`) or a binary of this crate such as the
+/// load generator (`target/<profile>/<binary>`).
 pub fn binary_path(binary: Binary) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable is not under target/<profile>/deps")?;
+    let dir = exe.parent().context("the running executable has no directory")?;
+    let profile_dir = if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().context("target/<profile>/deps has no parent")?
+    } else {
+        dir
+    };
     let path = profile_dir.join(binary.name());
     if !path.exists() {
         bail!(
