@@ -4,7 +4,18 @@
 # is ready, prints where they are, and stops what it started on ctrl-c. A process that
 # already answers on its address is reused, not started twice, and left running; so is a
 # PostgreSQL or NATS that was already running.
+#
+# `scripts/run.sh --seed-demo` (or EVENTLEDGER_SEED_DEMO=1) also opens two demo accounts,
+# deposits into one and transfers to the other. The demo commands carry fixed ids and
+# Idempotency-Keys, so seeding again replays them instead of writing twice.
 set -euo pipefail
+seed_demo=${EVENTLEDGER_SEED_DEMO:-}
+for argument in "$@"; do
+  case $argument in
+    --seed-demo) seed_demo=1 ;;
+    *) echo "usage: scripts/run.sh [--seed-demo]" >&2; exit 2 ;;
+  esac
+done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 started_services=
@@ -31,6 +42,7 @@ fi
 
 cargo build --release --locked -p command-api -p projector -p query-api -p event-store --bin mint-token
 
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 log_dir="$root/.local/logs"
 mkdir -p "$log_dir"
 started=()
@@ -49,7 +61,7 @@ for process in command-api query-api projector; do
     echo "$process: already running on $address, reusing it"
     continue
   fi
-  "$root/target/release/$process" >"$log_dir/$process.log" 2>&1 &
+  "$bin_dir/$process" >"$log_dir/$process.log" 2>&1 &
   started+=($!)
   for _ in $(seq 1 300); do ready "$address" && break; sleep 0.1; done
   ready "$address" || { echo "$process did not become ready; see $log_dir/$process.log" >&2; exit 1; }
@@ -57,10 +69,29 @@ for process in command-api query-api projector; do
 done
 
 if [ -n "${EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH:-}" ]; then
-  token=$("$root/target/release/mint-token" --development --subject developer --role admin)
+  token=$("$bin_dir/mint-token" --development --subject developer --role admin)
 else
-  token=$("$root/target/release/mint-token" --subject developer --role admin 2>/dev/null || echo "<mint one with target/release/mint-token>")
+  token=$("$bin_dir/mint-token" --subject developer --role admin 2>/dev/null || echo "<mint one with target/release/mint-token>")
 fi
+# One demo command: prints its status line, never stops the run (the demo may exist).
+demo() {
+  local path=$1 key=$2 body=$3
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body" "http://$COMMAND_API_ADDR$path") || status=unreachable
+  echo "  POST $path -> $status"
+}
+if [ -n "$seed_demo" ]; then
+  alice=018f0000-0000-7000-8000-00000000a11c
+  bob=018f0000-0000-7000-8000-000000000b0b
+  echo "seeding demo data:"
+  demo /accounts demo-open-alice "{\"account_id\":\"$alice\",\"owner\":{\"name\":\"Alice Demo\",\"email\":\"alice@example.com\"},\"currency\":\"EUR\"}"
+  demo /accounts demo-open-bob "{\"account_id\":\"$bob\",\"owner\":{\"name\":\"Bob Demo\",\"email\":\"bob@example.com\"},\"currency\":\"EUR\",\"overdraft_limit\":5000}"
+  demo "/accounts/$alice/deposits" demo-deposit-alice '{"amount":100000,"reference":"demo salary"}'
+  demo /transfers demo-transfer "{\"from_account_id\":\"$alice\",\"to_account_id\":\"$bob\",\"amount\":2500,\"reference\":\"demo rent\"}"
+  echo "  demo accounts: $alice (Alice), $bob (Bob)"
+fi
+
 cat <<TXT
 
 eventledger is running.
