@@ -12,6 +12,7 @@
 //! - [`projection`]: the named projections and their tables.
 //! - [`fold`]: what each event does to each table, with no I/O.
 //! - [`tables`]: multi-row reads and writes of the read-model tables.
+//! - [`copy_rows`]: binary `COPY` of read-model rows, for rebuilds.
 //! - [`checkpoint`]: each projection's checkpoint row, which is also its writer lock.
 //! - [`apply`]: one batch, one transaction, checkpoint included.
 //! - [`live`]: the JetStream-driven live tasks, gap filling, stopping on bad events.
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod apply;
 pub mod checkpoint;
+pub mod copy_rows;
 pub mod error;
 pub mod fold;
 pub mod http;

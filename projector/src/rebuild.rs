@@ -3,11 +3,15 @@
 //!
 //! 1. Take the projection's rebuild lease (a session advisory lock, so one rebuild per
 //!    projection runs across every process) and mark it `rebuilding`.
-//! 2. Create `read_model.<table>__rebuild` like the live table (columns, constraints,
-//!    indexes) and replay the store into it, read straight from PostgreSQL in large
-//!    ordered chunks by a reader task while this one folds and writes, with every row in
-//!    memory only as long as a chunk (accounts: until the end).
-//! 3. Replay again what arrived meanwhile, then, in one transaction: lock the checkpoint
+//! 2. Create `read_model.<table>__rebuild` like the live table (columns, constraints)
+//!    but without its indexes, and replay the store into it: a reader task reads and
+//!    decodes large ordered chunks straight from PostgreSQL, this task folds them, and a
+//!    writer task sends the rows with binary `COPY` ([`crate::copy_rows`]), so the three
+//!    overlap. A row stays in memory only as long as its chunk (accounts: until the end).
+//! 3. Replay again what arrived meanwhile, then build the live table's indexes on the
+//!    fresh one: one sort per index instead of a B-tree insertion per row, which is what
+//!    makes a bulk load fast.
+//! 4. In one transaction: lock the checkpoint
 //!    rows (the live task waits for its next batch), replay up to the live checkpoint
 //!    if the live side got further, rename the old table away and the new one in, drop
 //!    the old one and set the checkpoint. The query side reads `read_model.<table>` by
@@ -19,13 +23,16 @@
 use std::time::Instant;
 
 use event_store::StoreError;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::apply::FoldState;
 use crate::checkpoint;
+use crate::copy_rows;
 use crate::fold::{ApplyError, ProjectedEvent};
+use crate::fold::{TransactionRow, TransferRow};
 use crate::projection::{Projection, SCHEMA};
 
 /// Suffix of the tables a rebuild fills before the swap.
@@ -41,6 +48,13 @@ pub const REPLAY_CHUNK_EVENTS: i64 = 20_000;
 /// Chunks the reader may be ahead of the writer: one being folded, one ready.
 const READ_AHEAD_CHUNKS: usize = 2;
 
+/// Chunks of rows the writer may be behind the folding side: one being sent, one ready.
+const WRITE_BEHIND_CHUNKS: usize = 2;
+
+/// Memory for each index build (`maintenance_work_mem`), so that sorting the millions
+/// of keys of a large read model happens in memory rather than in temporary files.
+const INDEX_BUILD_MEMORY: &str = "256MB";
+
 /// Why a rebuild did not complete. Nothing was swapped in; the live tables are as they
 /// were and the live projection went on.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +69,10 @@ pub enum RebuildError {
     Database(#[from] sqlx::Error),
     #[error("the event store reader stopped unexpectedly")]
     ReaderGone,
+    #[error("the writer of the rebuilt rows stopped unexpectedly")]
+    WriterGone,
+    #[error("cannot rebuild an index defined as {0:?}")]
+    IndexDefinition(String),
 }
 
 /// What a completed rebuild did.
@@ -166,33 +184,52 @@ impl RebuildLease {
     #[instrument(skip_all, fields(projections = ?self.projections))]
     async fn rebuild(&self, pool: &PgPool) -> Result<(u64, i64), RebuildError> {
         let projections = &self.projections;
-        let mut writer = pool.acquire().await?;
+        let mut connection = pool.acquire().await?;
         for projection in projections {
             let table = projection.table();
             sqlx::query(&format!("DROP TABLE IF EXISTS {SCHEMA}.{table}{REBUILD_SUFFIX}"))
-                .execute(&mut *writer)
+                .execute(&mut *connection)
                 .await?;
             sqlx::query(&format!(
-                "CREATE TABLE {SCHEMA}.{table}{REBUILD_SUFFIX} (LIKE {SCHEMA}.{table} INCLUDING ALL)"
+                "CREATE TABLE {SCHEMA}.{table}{REBUILD_SUFFIX} \
+                 (LIKE {SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
             ))
-            .execute(&mut *writer)
+            .execute(&mut *connection)
             .await?;
         }
 
+        let (rows, batches) = mpsc::channel(WRITE_BEHIND_CHUNKS);
+        let writer = tokio::spawn(write_batches(connection, batches));
+        let mut sink = Sink::Copy(rows);
         let mut state = FoldState::default();
         let mut position = 0;
         let mut events = 0;
-        // Twice: the second pass takes what arrived during the first, so the pass under
-        // the checkpoint locks below is short.
-        for _pass in 0..2 {
-            let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
-                .fetch_one(&mut *writer)
-                .await?;
-            events += replay(pool, &mut writer, &mut state, projections, position, head).await?;
-            position = position.max(head);
+        let replayed = async {
+            // Twice: the second pass takes what arrived during the first, so the pass
+            // under the checkpoint locks below is short.
+            for _pass in 0..2 {
+                let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
+                    .fetch_one(pool)
+                    .await?;
+                events += replay(pool, &mut sink, &mut state, projections, position, head).await?;
+                position = position.max(head);
+            }
+            Ok::<_, RebuildError>(())
         }
-        flush_accounts(&mut writer, &mut state, projections).await?;
-        drop(writer);
+        .await;
+        drop(sink);
+        // The writer's own failure is the cause when it stopped taking rows.
+        let mut connection = writer.await.map_err(|_| RebuildError::WriterGone)??;
+        replayed?;
+        if projections.contains(&Projection::Accounts) {
+            let table = rebuild_table(Projection::Accounts);
+            copy_rows::copy_accounts(&mut connection, &table, state.accounts.values()).await?;
+            state.changed_accounts.clear();
+        }
+        for projection in projections {
+            index_like_live(&mut connection, *projection).await?;
+        }
+        drop(connection);
 
         let mut transaction = pool.begin().await?;
         let mut live = 0;
@@ -200,7 +237,8 @@ impl RebuildLease {
             live = live.max(checkpoint::lock(&mut transaction, *projection).await?);
         }
         if live > position {
-            events += replay(pool, &mut transaction, &mut state, projections, position, live).await?;
+            let mut sink = Sink::Insert(&mut transaction);
+            events += replay(pool, &mut sink, &mut state, projections, position, live).await?;
             flush_accounts(&mut transaction, &mut state, projections).await?;
             position = live;
         }
@@ -220,6 +258,103 @@ impl RebuildLease {
         metrics::counter!("projector_rebuilds_total").increment(1);
         Ok((events, position))
     }
+}
+
+/// The table a rebuild of `projection` fills before the swap.
+fn rebuild_table(projection: Projection) -> String {
+    format!("{}{REBUILD_SUFFIX}", projection.table())
+}
+
+/// Statement and transfer rows of one chunk, on their way to the writer.
+struct RowBatch {
+    transactions: Vec<TransactionRow>,
+    transfers: Vec<TransferRow>,
+}
+
+/// Where a replay writes the statement and transfer rows it folds.
+enum Sink<'c> {
+    /// To the writer task, which COPYs them into the fresh tables before they have
+    /// indexes.
+    Copy(mpsc::Sender<RowBatch>),
+    /// Straight into the fresh tables, indexes built, in the caller's transaction: the
+    /// short catch-up under the checkpoint locks.
+    Insert(&'c mut PgConnection),
+}
+
+/// The writer task: COPYs each batch as it comes, and hands its connection back when
+/// the replay has sent everything.
+async fn write_batches(
+    mut connection: PoolConnection<Postgres>,
+    mut batches: mpsc::Receiver<RowBatch>,
+) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let transactions = rebuild_table(Projection::AccountTransactions);
+    let transfers = rebuild_table(Projection::Transfers);
+    while let Some(batch) = batches.recv().await {
+        copy_rows::copy_transactions(&mut connection, &transactions, &batch.transactions).await?;
+        copy_rows::copy_transfers(&mut connection, &transfers, &batch.transfers).await?;
+    }
+    Ok(connection)
+}
+
+/// The live table's indexes: name, definition, and for one behind a constraint (the
+/// primary key) the constraint's name and definition.
+type IndexDefinition = (String, String, Option<String>, Option<String>);
+
+/// Builds on the fresh table every index the live table has, with the same definition
+/// and, once swapped in, the same name; an index behind a constraint as that
+/// constraint. Read from the catalog, so that an index a later migration adds to a read
+/// model is rebuilt too, and nothing here repeats the migrations. Then gathers the
+/// planner's statistics, which the fresh table would otherwise lack until autovacuum.
+async fn index_like_live(connection: &mut PgConnection, projection: Projection) -> Result<(), RebuildError> {
+    let table = projection.table();
+    let fresh = rebuild_table(projection);
+    let indexes: Vec<IndexDefinition> = sqlx::query_as(
+        "SELECT class.relname::text, pg_get_indexdef(index.indexrelid), constraint_.conname::text, \
+             pg_get_constraintdef(constraint_.oid) \
+         FROM pg_index index \
+         JOIN pg_class class ON class.oid = index.indexrelid \
+         LEFT JOIN pg_constraint constraint_ \
+             ON constraint_.conindid = index.indexrelid AND constraint_.conrelid = index.indrelid \
+         WHERE index.indrelid = to_regclass($1) \
+         ORDER BY class.relname",
+    )
+    .bind(format!("{SCHEMA}.{table}"))
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut transaction = connection.begin().await?;
+    sqlx::query(&format!(
+        "SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
+    ))
+    .execute(&mut *transaction)
+    .await?;
+    for (name, definition, constraint, constraint_definition) in indexes {
+        let statement = match (constraint, constraint_definition) {
+            (Some(constraint), Some(constraint_definition)) => format!(
+                "ALTER TABLE {SCHEMA}.{fresh} ADD CONSTRAINT {} {constraint_definition}",
+                quote(&format!("{constraint}{REBUILD_SUFFIX}"))
+            ),
+            _ => {
+                let (unique, using) = ["", "UNIQUE "]
+                    .into_iter()
+                    .find_map(|unique| {
+                        definition
+                            .strip_prefix(&format!("CREATE {unique}INDEX {name} ON {SCHEMA}.{table} USING "))
+                            .map(|using| (unique, using))
+                    })
+                    .ok_or_else(|| RebuildError::IndexDefinition(definition.clone()))?;
+                format!(
+                    "CREATE {unique}INDEX {} ON {SCHEMA}.{fresh} USING {using}",
+                    quote(&format!("{name}{REBUILD_SUFFIX}"))
+                )
+            }
+        };
+        sqlx::query(&statement).execute(&mut *transaction).await?;
+    }
+    sqlx::query(&format!("ANALYZE {SCHEMA}.{fresh}"))
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(())
 }
 
 /// Takes the lease and rebuilds: `projector rebuild` and the admin API.
@@ -250,8 +385,13 @@ async fn flush_accounts(
     projections: &[Projection],
 ) -> Result<(), sqlx::Error> {
     if projections.contains(&Projection::Accounts) {
-        let table = format!("{}{REBUILD_SUFFIX}", Projection::Accounts.table());
-        state.flush(connection, Projection::Accounts, &table).await?;
+        state
+            .flush(
+                connection,
+                Projection::Accounts,
+                &rebuild_table(Projection::Accounts),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -299,11 +439,11 @@ fn quote(identifier: &str) -> String {
 }
 
 /// Folds every event in `(after, until]` into `state` and writes the statement and
-/// transfer rows into the rebuild tables as it goes (account rows are written by
-/// [`flush_accounts`], once). Returns the number of events.
+/// transfer rows into the rebuild tables through `sink` as it goes (account rows are
+/// written once, at the end). Returns the number of events.
 async fn replay(
     pool: &PgPool,
-    writer: &mut PgConnection,
+    sink: &mut Sink<'_>,
     state: &mut FoldState,
     projections: &[Projection],
     after: i64,
@@ -333,10 +473,22 @@ async fn replay(
             }
         }
         events += chunk.len() as u64;
-        for projection in projections {
-            if *projection != Projection::Accounts {
-                let table = format!("{}{REBUILD_SUFFIX}", projection.table());
-                state.flush(writer, *projection, &table).await?;
+        match sink {
+            Sink::Copy(rows) => {
+                let batch = RowBatch {
+                    transactions: std::mem::take(&mut state.transactions),
+                    transfers: std::mem::take(&mut state.transfers),
+                };
+                rows.send(batch).await.map_err(|_| RebuildError::WriterGone)?;
+            }
+            Sink::Insert(connection) => {
+                for projection in projections {
+                    if *projection != Projection::Accounts {
+                        state
+                            .flush(connection, *projection, &rebuild_table(*projection))
+                            .await?;
+                    }
+                }
             }
         }
     }

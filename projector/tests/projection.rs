@@ -402,6 +402,23 @@ async fn all_rows(pool: &PgPool) -> HashMap<&'static str, Vec<String>> {
     tables
 }
 
+/// The read-model schema's tables, indexes and constraints, named and defined, in a
+/// stable order: what a rebuild must leave exactly as the migrations made it.
+async fn schema_shape(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT 'table ' || tablename FROM pg_tables WHERE schemaname = 'read_model' \
+         UNION ALL SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes \
+             WHERE schemaname = 'read_model' \
+         UNION ALL SELECT 'constraint ' || conname || ' of ' || conrelid::regclass::text || ': ' \
+             || pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE connamespace = 'read_model'::regnamespace \
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("schema shape")
+}
+
 async fn checkpoint(pool: &PgPool, projection: Projection) -> (i64, String, Option<String>) {
     sqlx::query_as(
         "SELECT position, status, error FROM read_model.projection_checkpoints WHERE projection = $1",
@@ -669,6 +686,12 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
     connect: PgConnectOptions,
 ) {
     let harness = Harness::start(pool(options, connect).await, true, Duration::from_millis(500)).await;
+    let shape = schema_shape(&harness.pool).await;
+    assert!(
+        shape
+            .iter()
+            .any(|line| line.starts_with("index accounts_currency:"))
+    );
     const WRITERS: u64 = 2;
     const COMMANDS_PER_WRITER: usize = 1_500;
     let mut ledgers: Vec<Ledger> = (0..WRITERS)
@@ -698,6 +721,11 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
         all_rows(&harness.pool).await,
         live,
         "a rebuild equals the live tables"
+    );
+    assert_eq!(
+        schema_shape(&harness.pool).await,
+        shape,
+        "the rebuilt tables carry the live tables' indexes and constraints, under their names"
     );
 
     // Phase 2: rebuilds (all at once, and one through the admin port) while commands
@@ -734,6 +762,11 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
         all_rows(&harness.pool).await,
         live,
         "rebuilt during load, then live, equals a fresh rebuild"
+    );
+    assert_eq!(
+        schema_shape(&harness.pool).await,
+        shape,
+        "and the schema is still the migrated one"
     );
     harness.stop().await;
 }
