@@ -1,30 +1,26 @@
-//! The projector's speed: rebuild throughput from a store of `--events` events (default
-//! 1,000,000) next to plain `COPY`s measured in the same run, and live projection lag
-//! (append acknowledged to visible in the read model) at a fixed command rate through
-//! the real relay and JetStream. Prints Markdown tables.
+//! The projector's rebuild throughput from a store of `--events` events (default
+//! 1,000,000), next to plain `COPY`s measured in the same run. Prints a Markdown table.
 //!
-//! `cargo run --release -p tests --bin bench-projector -- --events 1000000 --rate 1000`
+//! `cargo run --release -p tests --bin bench-projector -- --events 1000000`
+//!
+//! Live projection lag is measured where it means something, through the whole system
+//! with commands paced at half the command API's top rate: `loadgen` (its "lag under
+//! load" rows).
 //!
 //! The store is generated through the domain's stored form (valid account and transfer
 //! events with contiguous versions and positions) and loaded with one `COPY` into a
 //! throwaway database, which is dropped at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use domain::{
     AccountEvent, AccountId, Amount, Currency, LedgerEvent, OverdraftLimit, Owner, TransferEvent, TransferId,
 };
-use event_store::relay::{self, RelayConfig};
-use event_store::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
-use hdrhistogram::Histogram;
-use projector::live::LiveConfig;
+use event_store::Metadata;
 use projector::projection::Projection;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tests::bench::{BenchDatabase, machine};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -36,29 +32,16 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
-    /// NATS server with JetStream; the benchmark uses a stream of its own and deletes it.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
     /// Events in the generated store.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
     /// Accounts the generated events spread over.
     #[arg(long, default_value_t = 50_000)]
     accounts: usize,
-    /// Commands per second during the lag measurement (meant as half the command API's
-    /// top rate).
-    #[arg(long, default_value_t = 1_000)]
-    rate: u64,
-    /// Seconds the lag measurement runs.
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
 }
 
 /// Bytes of COPY text sent per message: large enough to amortise the round trip.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
-
-/// Concurrent writers during the lag measurement; each paces itself to its share of the rate.
-const LAG_WRITERS: u64 = 16;
 
 fn metadata() -> Metadata {
     Metadata {
@@ -332,161 +315,6 @@ async fn run(args: &Args, pool: &PgPool) -> anyhow::Result<()> {
         "| `projector rebuild --all` (read, decode, fold, write, swap) | {read_model_rows} | {:.1} | {:.0} | {rebuild_rate:.0} |",
         report.elapsed_seconds,
         read_model_rows as f64 / report.elapsed_seconds
-    );
-    println!();
-
-    lag(args, pool).await
-}
-
-/// Live lag: appends (a deposit each) at `--rate` through the relay and JetStream to the
-/// live projector; for each, the time from the append's commit returning to the
-/// `accounts` projection announcing a position at or past it.
-async fn lag(args: &Args, pool: &PgPool) -> anyhow::Result<()> {
-    let nats = async_nats::connect(&args.nats_url).await?;
-    let unique = Uuid::now_v7().simple().to_string();
-    let stream_name = format!("BENCH_PROJECTOR_{unique}");
-    let subject_prefix = format!("benchprojector.{unique}");
-    let store = EventStore::new(pool.clone());
-    let stop = CancellationToken::new();
-    let mut relay_config = RelayConfig::new(format!("bench-{unique}"));
-    relay_config.stream_name = stream_name.clone();
-    relay_config.subject_prefix = subject_prefix.clone();
-    // The relay starts past the generated store: only the measured appends travel.
-    let head = store.head().await?;
-    sqlx::query("INSERT INTO relay_checkpoints (relay, position) VALUES ($1, $2)")
-        .bind(&relay_config.name)
-        .bind(head)
-        .execute(pool)
-        .await?;
-    let relay = tokio::spawn(relay::run(
-        store.clone(),
-        nats.clone(),
-        relay_config,
-        stop.clone(),
-    ));
-    let mut live_config = LiveConfig::new(&stream_name, &subject_prefix);
-    live_config.consumer_prefix = format!("bench_{unique}");
-    let live = tokio::spawn(projector::live::run(
-        pool.clone(),
-        nats.clone(),
-        live_config,
-        stop.clone(),
-    ));
-
-    // The highest position the accounts projection has announced.
-    let (projected, watcher) = watch::channel(0i64);
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(projector::checkpoint::PROJECTED_CHANNEL).await?;
-    let listening = tokio::spawn(async move {
-        while let Ok(notification) = listener.recv().await {
-            if let Some(position) = notification
-                .payload()
-                .strip_prefix("accounts:")
-                .and_then(|position| position.parse::<i64>().ok())
-            {
-                projected.send_if_modified(|current| {
-                    let moved = position > *current;
-                    *current = (*current).max(position);
-                    moved
-                });
-            }
-        }
-    });
-
-    // One account per writer, opened before the clock starts.
-    let mut accounts = Vec::new();
-    for _ in 0..LAG_WRITERS {
-        let id = AccountId::new_v7();
-        let opened = AccountEvent::AccountOpened {
-            account_id: id,
-            owner: Some(sealed_owner("Lag Bench", "lag@example.com")?),
-            currency: Currency::parse("EUR")?,
-            overdraft_limit: OverdraftLimit::ZERO,
-        };
-        store
-            .append(AppendRequest::single(
-                id.stream_id(),
-                ExpectedVersion::NoStream,
-                vec![NewEvent::from_domain(opened.to_stored(), metadata())],
-            ))
-            .await?;
-        accounts.push(id);
-    }
-    let mut waiter = watcher.clone();
-    let opened_head = store.head().await?;
-    waiter.wait_for(|position| *position >= opened_head).await?;
-
-    let period = Duration::from_secs_f64(LAG_WRITERS as f64 / args.rate as f64);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    // Each append's wait runs on its own task, so a writer keeps its pace whatever the
-    // lag; the waits report their microseconds here.
-    let (samples, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let mut writers = Vec::new();
-    for id in accounts {
-        let store = store.clone();
-        let watcher = watcher.clone();
-        let samples = samples.clone();
-        writers.push(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while Instant::now() < deadline {
-                ticks.tick().await;
-                let deposit = AccountEvent::FundsDeposited {
-                    account_id: id,
-                    amount: Amount::new(1)?,
-                    reference: None,
-                };
-                let outcome = store
-                    .append(AppendRequest::single(
-                        id.stream_id(),
-                        ExpectedVersion::Any,
-                        vec![NewEvent::from_domain(deposit.to_stored(), metadata())],
-                    ))
-                    .await?;
-                let acknowledged = Instant::now();
-                let mut watcher = watcher.clone();
-                let samples = samples.clone();
-                tokio::spawn(async move {
-                    if watcher
-                        .wait_for(|position| *position >= outcome.last_position)
-                        .await
-                        .is_ok()
-                    {
-                        let _ = samples.send(acknowledged.elapsed().as_micros().max(1) as u64);
-                    }
-                });
-            }
-            anyhow::Ok(())
-        }));
-    }
-    drop(samples);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for writer in writers {
-        writer.await??;
-    }
-    while let Some(micros) = received.recv().await {
-        histogram.record(micros)?;
-    }
-    stop.cancel();
-    let _ = relay.await;
-    let _ = live.await;
-    listening.abort();
-    let jetstream = async_nats::jetstream::new(nats);
-    jetstream.delete_stream(&stream_name).await?;
-
-    let achieved = histogram.len() as f64 / args.seconds as f64;
-    let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
-    println!("Live projection lag, append acknowledged to visible in `read_model.accounts`:");
-    println!();
-    println!("| target rate | achieved/s | samples | p50 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {} | {achieved:.0} | {} | {:.1} | {:.1} | {:.1} |",
-        args.rate,
-        histogram.len(),
-        millis(0.5),
-        millis(0.99),
-        histogram.max() as f64 / 1_000.0
     );
     Ok(())
 }
