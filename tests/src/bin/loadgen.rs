@@ -3,7 +3,9 @@
 //! Scenarios: uniform deposits over many accounts, transfers among a few, one hot
 //! account, and mixed reads and writes. For each: operations/s, failures, and latency
 //! percentiles from an HDR histogram. Then the end-to-end visibility lag (command
-//! acknowledged → visible through the query API) and the projector's rebuild rate. The
+//! acknowledged → visible through the query API), once on an otherwise idle system and
+//! once under deposits paced at half the rate the deposit scenario reached, and the
+//! projector's rebuild rate. The
 //! machine's own limits are measured in the same run (PostgreSQL's single-row commit
 //! rate, JetStream's publish rate) so that every figure also reads as a fraction of them.
 //! Writes a Markdown table and a JSON file.
@@ -17,6 +19,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -67,6 +72,11 @@ struct Args {
     /// Visibility-lag samples (write, then read it back through the query API).
     #[arg(long, default_value_t = 500)]
     lag_samples: usize,
+    /// Deposits per second offered while measuring the lag under load; by default half
+    /// the rate the deposit scenario reached (the projector issue's measure), or 1,000
+    /// when that scenario is not run. 0 skips the measurement.
+    #[arg(long)]
+    lag_rate: Option<f64>,
     /// Skip the rebuild measurement.
     #[arg(long)]
     no_rebuild: bool,
@@ -118,6 +128,21 @@ const SETUP_CONCURRENCY: usize = 64;
 
 /// Longest a visibility-lag read waits for the projection, in milliseconds (API.md's cap).
 const LAG_WAIT_MS: u64 = 10_000;
+
+/// Deposits per second offered for the lag under load when the deposit scenario did not
+/// run to say what half the top rate is.
+const DEFAULT_LAG_RATE: f64 = 1_000.0;
+
+/// Commands in flight at most while pacing: more means the system no longer keeps up
+/// with the offered rate, and further ticks are counted as missed instead of piling up.
+const PACED_MAX_IN_FLIGHT: usize = 512;
+
+/// One paced deposit in this many is read back through the query API to time its lag;
+/// the rest only load the system, so the reads add a fraction of the load, not double it.
+const LAG_READ_EVERY: u64 = 4;
+
+/// How often the pacer wakes to send the deposits due since its last wake.
+const PACER_TICK: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 struct Api {
@@ -308,6 +333,128 @@ async fn visibility_lag(
     })
 }
 
+/// What the paced deposits measured: the commands themselves and their visibility lag.
+struct LagUnderLoad {
+    offered_per_second: f64,
+    commands: LatencyRun,
+    lag: LatencyRun,
+    /// Ticks that found [`PACED_MAX_IN_FLIGHT`] commands still unanswered.
+    missed: u64,
+}
+
+/// One paced deposit's outcome: the command's latency, and for one in
+/// [`LAG_READ_EVERY`] the time from its answer to the query API showing it.
+enum PacedOutcome {
+    Refused,
+    Answered {
+        command_us: u64,
+        lag_us: Option<Result<u64, ()>>,
+    },
+}
+
+/// Offers deposits at `rate` per second over `accounts` for `seconds`, open loop (a slow
+/// answer does not slow the offer), and reads one in [`LAG_READ_EVERY`] back through the
+/// query API with `min_position`: the lag a client sees while the system is busy.
+async fn lag_under_load(
+    api: &Api,
+    accounts: &Arc<Vec<String>>,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<LagUnderLoad> {
+    let bar = progress(format!("lag under {rate:.0} deposits/s"), seconds);
+    let in_flight = Arc::new(Semaphore::new(PACED_MAX_IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    let mut ticks = tokio::time::interval(PACER_TICK);
+    let started = Instant::now();
+    let duration = Duration::from_secs(seconds);
+    let mut sent: u64 = 0;
+    let mut missed: u64 = 0;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            sent += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                missed += 1;
+                continue;
+            };
+            let (api, account) = (api.clone(), accounts[pick(11, sent, accounts.len())].clone());
+            let read_back = sent.is_multiple_of(LAG_READ_EVERY);
+            tasks.spawn(async move {
+                let _permit = permit;
+                let asked = Instant::now();
+                let answer = api
+                    .command(&format!("/accounts/{account}/deposits"), json!({ "amount": 1 }))
+                    .await;
+                let acknowledged = Instant::now();
+                let position = match &answer {
+                    Ok(Some(answer)) => answer["position"].as_i64(),
+                    _ => None,
+                };
+                let Some(position) = position else {
+                    return PacedOutcome::Refused;
+                };
+                let command_us = (acknowledged - asked).as_micros() as u64;
+                if !read_back {
+                    return PacedOutcome::Answered {
+                        command_us,
+                        lag_us: None,
+                    };
+                }
+                let url = format!(
+                    "{}/accounts/{account}?min_position={position}&wait_ms={LAG_WAIT_MS}",
+                    api.query
+                );
+                let visible = api
+                    .request(reqwest::Method::GET, url)
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success());
+                let lag = visible
+                    .then(|| acknowledged.elapsed().as_micros() as u64)
+                    .ok_or(());
+                PacedOutcome::Answered {
+                    command_us,
+                    lag_us: Some(lag),
+                }
+            });
+        }
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    let mut commands = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut lag = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut refused, mut unseen) = (0, 0);
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome? {
+            PacedOutcome::Refused => refused += 1,
+            PacedOutcome::Answered { command_us, lag_us } => {
+                commands.saturating_record(command_us.max(1));
+                match lag_us {
+                    Some(Ok(micros)) => lag.saturating_record(micros.max(1)),
+                    Some(Err(())) => unseen += 1,
+                    None => {}
+                }
+            }
+        }
+    }
+    let answered_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(LagUnderLoad {
+        offered_per_second: sent as f64 / offered_seconds,
+        commands: LatencyRun {
+            per_second: commands.len() as f64 / answered_seconds,
+            failures: refused,
+            latency_us: commands,
+        },
+        lag: LatencyRun {
+            per_second: lag.len() as f64 / answered_seconds,
+            failures: unseen,
+            latency_us: lag,
+        },
+        missed,
+    })
+}
+
 /// Asks the projector to rebuild every projection and waits until each is live again at
 /// or past the head it started from; returns (events in the log, seconds for all).
 async fn rebuild_rate(api: &Api) -> anyhow::Result<(i64, f64)> {
@@ -462,6 +609,7 @@ async fn main() -> anyhow::Result<()> {
         format!("| JetStream publish, 256 acks in flight | {publish_256:.0} | | | | | | limit |"),
     ];
     let mut scenarios = Vec::new();
+    let mut deposit_rate = None;
     for &scenario in &args.scenario {
         let run = run_scenario(&api, &args, scenario, &accounts, &transfer_accounts).await?;
         let (line, json) = row(
@@ -472,10 +620,45 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{line}");
         markdown.push(line);
         scenarios.push(json);
+        if scenario == Scenario::Deposits {
+            deposit_rate = Some(run.per_second);
+        }
     }
     let lag = visibility_lag(&api, &accounts, args.lag_samples).await?;
     let (line, lag_json) = row("visibility lag: acknowledged → readable (per sample)", &lag, None);
     markdown.push(line);
+    let lag_rate = args
+        .lag_rate
+        .unwrap_or_else(|| deposit_rate.map_or(DEFAULT_LAG_RATE, |rate| rate / 2.0));
+    let loaded_lag_json = if lag_rate > 0.0 {
+        let loaded = lag_under_load(&api, &accounts, lag_rate, args.seconds).await?;
+        let (line, commands_json) = row(
+            &format!(
+                "deposits paced at {:.0}/s{} ({} missed ticks)",
+                loaded.offered_per_second,
+                if args.lag_rate.is_none() && deposit_rate.is_some() {
+                    ", half the deposit rate"
+                } else {
+                    ""
+                },
+                loaded.missed
+            ),
+            &loaded.commands,
+            Some(("PostgreSQL's 16-connection commit rate", commits_16)),
+        );
+        markdown.push(line);
+        let (line, lag_json) = row(
+            &format!(
+                "visibility lag under that load: acknowledged → readable (1 deposit in {LAG_READ_EVERY})"
+            ),
+            &loaded.lag,
+            None,
+        );
+        markdown.push(line);
+        json!({ "offered_per_second": loaded.offered_per_second, "missed": loaded.missed, "commands": commands_json, "lag": lag_json })
+    } else {
+        Value::Null
+    };
     let rebuild = if args.no_rebuild {
         Value::Null
     } else {
@@ -499,6 +682,7 @@ async fn main() -> anyhow::Result<()> {
         },
         "scenarios": scenarios,
         "visibility_lag": lag_json,
+        "visibility_lag_under_load": loaded_lag_json,
         "rebuild": rebuild,
     });
     std::fs::create_dir_all(&args.report_dir)?;
