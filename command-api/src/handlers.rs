@@ -11,10 +11,10 @@
 //! the committer the sealed owner and the wrapped key, which it stores in the same
 //! transaction as the events (API.md, "Security").
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::Method;
-use axum::response::Response;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use domain::{
     AccountCommand, AccountId, Amount, Currency, DomainError, OverdraftLimit, Owner, Reason, Reference,
     TransferCommand, TransferId,
@@ -45,9 +45,7 @@ use crate::idempotency::{self, KeyClaim, KeyScope, StoredKey};
     )
 )]
 pub async fn open_account(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    headers: CommandHeaders,
+    request: CommandRequest,
     JsonBody { value, canonical }: JsonBody<OpenAccountBody>,
 ) -> Result<Response> {
     let owner = Owner::parse(&value.owner.name, &value.owner.email)?;
@@ -57,7 +55,8 @@ pub async fn open_account(
         None => OverdraftLimit::ZERO,
     };
     let account_id = value.account_id.map_or_else(AccountId::new_v7, AccountId::from);
-    let (data_key, wrapped_key) = state
+    let (data_key, wrapped_key) = request
+        .state
         .vault
         .new_key(account_id.as_uuid())
         .map_err(|error| ApiError::Internal(format!("cannot make a data key: {error}")))?;
@@ -75,17 +74,7 @@ pub async fn open_account(
         // An account that does not exist has no version to match.
         if_match: None,
     };
-    run(
-        &state,
-        &caller.subject,
-        headers,
-        Method::POST,
-        "/accounts".to_owned(),
-        &canonical,
-        command,
-        Some(wrapped_key),
-    )
-    .await
+    request.run(command, &canonical, Some(wrapped_key)).await
 }
 
 /// Deposit money.
@@ -99,27 +88,14 @@ pub async fn open_account(
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn deposit(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
+    request: AccountRequest,
     JsonBody { value, canonical }: JsonBody<MoneyBody>,
 ) -> Result<Response> {
-    let (account_id, path) = account_path(path, "deposits")?;
     let command = AccountCommand::Deposit {
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
     };
-    run_account(
-        &state,
-        &caller.subject,
-        headers,
-        path,
-        &canonical,
-        account_id,
-        command,
-    )
-    .await
+    request.run(command, &canonical).await
 }
 
 /// Withdraw money.
@@ -133,27 +109,14 @@ pub async fn deposit(
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn withdraw(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
+    request: AccountRequest,
     JsonBody { value, canonical }: JsonBody<MoneyBody>,
 ) -> Result<Response> {
-    let (account_id, path) = account_path(path, "withdrawals")?;
     let command = AccountCommand::Withdraw {
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
     };
-    run_account(
-        &state,
-        &caller.subject,
-        headers,
-        path,
-        &canonical,
-        account_id,
-        command,
-    )
-    .await
+    request.run(command, &canonical).await
 }
 
 /// Freeze an account: no money moves in or out until it is unfrozen.
@@ -167,26 +130,13 @@ pub async fn withdraw(
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn freeze(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
+    request: AccountRequest,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
 ) -> Result<Response> {
-    let (account_id, path) = account_path(path, "freeze")?;
     let command = AccountCommand::Freeze {
         reason: reason(value.reason)?,
     };
-    run_account(
-        &state,
-        &caller.subject,
-        headers,
-        path,
-        &canonical,
-        account_id,
-        command,
-    )
-    .await
+    request.run(command, &canonical).await
 }
 
 /// Unfreeze an account.
@@ -200,26 +150,13 @@ pub async fn freeze(
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn unfreeze(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
+    request: AccountRequest,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
 ) -> Result<Response> {
-    let (account_id, path) = account_path(path, "unfreeze")?;
     let command = AccountCommand::Unfreeze {
         reason: reason(value.reason)?,
     };
-    run_account(
-        &state,
-        &caller.subject,
-        headers,
-        path,
-        &canonical,
-        account_id,
-        command,
-    )
-    .await
+    request.run(command, &canonical).await
 }
 
 /// Close an account; only at balance 0, and for good.
@@ -233,26 +170,13 @@ pub async fn unfreeze(
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
 pub async fn close(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
+    request: AccountRequest,
     JsonBody { value, canonical }: JsonBody<ReasonBody>,
 ) -> Result<Response> {
-    let (account_id, path) = account_path(path, "close")?;
     let command = AccountCommand::Close {
         reason: reason(value.reason)?,
     };
-    run_account(
-        &state,
-        &caller.subject,
-        headers,
-        path,
-        &canonical,
-        account_id,
-        command,
-    )
-    .await
+    request.run(command, &canonical).await
 }
 
 /// Erase the owner's personal data: destroys the account's data key and records
@@ -266,31 +190,9 @@ pub async fn close(
     responses((status = 200, description = "Erased (now or before)", body = AccountCommandResponse,
                headers(("ETag" = String, description = "The account's version, quoted"))))
 )]
-pub async fn erase_personal_data(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: CommandHeaders,
-) -> Result<Response> {
-    let (account_id, path) = account_path(path, "personal-data")?;
-    let if_match = headers.if_match;
-    let command = Command::Account {
-        account_id,
-        command: AccountCommand::ErasePersonalData,
-        if_match,
-    };
-    let erased = run(
-        &state,
-        &caller.subject,
-        headers,
-        Method::DELETE,
-        path,
-        b"",
-        command,
-        None,
-    )
-    .await;
-    match erased {
+pub async fn erase_personal_data(request: AccountRequest) -> Result<Response> {
+    let (state, account_id) = (request.command.state.clone(), request.account_id);
+    match request.run(AccountCommand::ErasePersonalData, b"").await {
         Err(ApiError::Domain(DomainError::PersonalDataAlreadyErased { .. })) => {
             crate::erasure::already_erased(state.commands.store(), account_id).await
         }
@@ -308,9 +210,7 @@ pub async fn erase_personal_data(
                headers(("Location" = String, description = "Where the transfer can be read"))))
 )]
 pub async fn transfer(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    headers: CommandHeaders,
+    request: CommandRequest,
     JsonBody { value, canonical }: JsonBody<TransferBody>,
 ) -> Result<Response> {
     let command = TransferCommand {
@@ -322,25 +222,7 @@ pub async fn transfer(
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
     };
-    run(
-        &state,
-        &caller.subject,
-        headers,
-        Method::POST,
-        "/transfers".to_owned(),
-        &canonical,
-        Command::Transfer(command),
-        None,
-    )
-    .await
-}
-
-/// The account named by the path, and the path as the client addressed it (for the
-/// idempotency fingerprint). An id that is not a UUID names no account: 404.
-fn account_path(path: Result<Path<String>, PathRejection>, action: &str) -> Result<(AccountId, String)> {
-    let Path(raw) = path.map_err(|rejection| ApiError::AccountNotFound(rejection.body_text()))?;
-    let uuid = uuid::Uuid::parse_str(&raw).map_err(|_| ApiError::AccountNotFound(raw.clone()))?;
-    Ok((AccountId::from(uuid), format!("/accounts/{uuid}/{action}")))
+    request.run(Command::Transfer(command), &canonical, None).await
 }
 
 fn reference(raw: Option<String>) -> Result<Option<Reference>> {
@@ -351,98 +233,138 @@ fn reason(raw: Option<String>) -> Result<Option<Reason>> {
     Ok(raw.as_deref().map(Reason::parse).transpose()?)
 }
 
-async fn run_account(
-    state: &AppState,
-    actor: &str,
-    headers: CommandHeaders,
-    path: String,
-    canonical: &[u8],
-    account_id: AccountId,
-    command: AccountCommand,
-) -> Result<Response> {
-    let command = Command::Account {
-        account_id,
-        command,
-        if_match: headers.if_match,
-    };
-    run(
-        state,
-        actor,
-        headers,
-        Method::POST,
-        path,
-        canonical,
-        command,
-        None,
-    )
-    .await
-}
-
-/// Runs one command for `actor` (the caller's `sub`) with the idempotency protocol
-/// around it. Keys are scoped per actor: two callers never see each other's answers.
-/// `data_key` is the new account's key, for a command that opens one.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    state: &AppState,
-    actor: &str,
+/// Everything a command takes from its request but its body: the service, who asks
+/// (the token's `sub`), the command headers, and the method and path as addressed,
+/// which the idempotency fingerprint covers with the body. The caller is checked first:
+/// a request without a valid token learns nothing else.
+pub struct CommandRequest {
+    state: AppState,
+    actor: String,
     headers: CommandHeaders,
     method: Method,
     path: String,
-    canonical: &[u8],
-    command: Command,
-    data_key: Option<WrappedKey>,
-) -> Result<Response> {
-    let metadata = Metadata {
-        actor: actor.to_owned(),
-        correlation_id: headers.correlation_id,
-        causation_id: Some(uuid::Uuid::now_v7().to_string()),
-        command: command.name().to_owned(),
-        idempotency_key: headers.idempotency_key.clone(),
-        trace: headers.traceparent,
-    };
-    let Some(key) = headers.idempotency_key else {
-        return match state
-            .commands
-            .execute(Submission {
-                command,
-                metadata,
-                idempotency: None,
-                data_key,
-            })
-            .await?
-        {
-            Executed::Committed(response) => Ok(response.to_response(false)),
-            // Only a keyed command can find its key stored.
-            Executed::AlreadyStored(stored) => Ok(stored.response.to_response(true)),
-        };
-    };
+}
 
-    let claim = KeyClaim {
-        scope: KeyScope {
-            actor: actor.to_owned(),
-            key,
-        },
-        request_hash: idempotency::fingerprint(method.as_str(), &path, canonical),
-    };
-    let _in_flight = state
-        .in_flight
-        .claim(&claim.scope)
-        .ok_or(ApiError::IdempotencyKeyInFlight)?;
-    if let Some(stored) = idempotency::find(state.commands.pool(), &claim.scope)
-        .await
-        .map_err(ApiError::Unavailable)?
-    {
-        return replay(&claim, stored);
+impl FromRequestParts<AppState> for CommandRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> std::result::Result<Self, Response> {
+        let Caller(caller) = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = CommandHeaders::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            state: state.clone(),
+            actor: caller.subject,
+            headers,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
     }
-    let submission = Submission {
-        command,
-        metadata,
-        idempotency: Some(claim.clone()),
-        data_key,
-    };
-    match state.commands.execute(submission).await? {
-        Executed::Committed(response) => Ok(response.to_response(false)),
-        Executed::AlreadyStored(stored) => replay(&claim, stored),
+}
+
+/// A command on the account its path names (`/accounts/{id}/<action>`). An id that is
+/// not a UUID names no account: 404.
+pub struct AccountRequest {
+    command: CommandRequest,
+    account_id: AccountId,
+}
+
+impl FromRequestParts<AppState> for AccountRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> std::result::Result<Self, Response> {
+        let mut command = CommandRequest::from_request_parts(parts, state).await?;
+        let not_found = |id: String| ApiError::AccountNotFound(id).into_response();
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| not_found(rejection.body_text()))?;
+        let uuid = uuid::Uuid::parse_str(&raw).map_err(|_| not_found(raw.clone()))?;
+        // The fingerprint names the account by the id it parsed to, so that two
+        // spellings of one id are one request.
+        let action = command.path.rsplit('/').next().unwrap_or_default().to_owned();
+        command.path = format!("/accounts/{uuid}/{action}");
+        Ok(Self {
+            command,
+            account_id: AccountId::from(uuid),
+        })
+    }
+}
+
+impl AccountRequest {
+    async fn run(self, command: AccountCommand, canonical: &[u8]) -> Result<Response> {
+        let command = Command::Account {
+            account_id: self.account_id,
+            command,
+            if_match: self.command.headers.if_match,
+        };
+        self.command.run(command, canonical, None).await
+    }
+}
+
+impl CommandRequest {
+    /// Runs `command` for the caller with the idempotency protocol around it. Keys are
+    /// scoped per actor: two callers never see each other's answers. `data_key` is the
+    /// new account's key, for a command that opens one.
+    async fn run(self, command: Command, canonical: &[u8], data_key: Option<WrappedKey>) -> Result<Response> {
+        let Self {
+            state,
+            actor,
+            headers,
+            method,
+            path,
+        } = self;
+        let metadata = Metadata {
+            actor: actor.clone(),
+            correlation_id: headers.correlation_id,
+            causation_id: Some(uuid::Uuid::now_v7().to_string()),
+            command: command.name().to_owned(),
+            idempotency_key: headers.idempotency_key.clone(),
+            trace: headers.traceparent,
+        };
+        let Some(key) = headers.idempotency_key else {
+            return match state
+                .commands
+                .execute(Submission {
+                    command,
+                    metadata,
+                    idempotency: None,
+                    data_key,
+                })
+                .await?
+            {
+                Executed::Committed(response) => Ok(response.to_response(false)),
+                // Only a keyed command can find its key stored.
+                Executed::AlreadyStored(stored) => Ok(stored.response.to_response(true)),
+            };
+        };
+
+        let claim = KeyClaim {
+            scope: KeyScope { actor, key },
+            request_hash: idempotency::fingerprint(method.as_str(), &path, canonical),
+        };
+        let _in_flight = state
+            .in_flight
+            .claim(&claim.scope)
+            .ok_or(ApiError::IdempotencyKeyInFlight)?;
+        if let Some(stored) = idempotency::find(state.commands.pool(), &claim.scope)
+            .await
+            .map_err(ApiError::Unavailable)?
+        {
+            return replay(&claim, stored);
+        }
+        let submission = Submission {
+            command,
+            metadata,
+            idempotency: Some(claim.clone()),
+            data_key,
+        };
+        match state.commands.execute(submission).await? {
+            Executed::Committed(response) => Ok(response.to_response(false)),
+            Executed::AlreadyStored(stored) => replay(&claim, stored),
+        }
     }
 }
 
