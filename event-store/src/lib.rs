@@ -35,6 +35,8 @@ pub mod process;
 pub mod read;
 pub mod relay;
 pub mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use append::{AppendOutcome, AppendRejection, AppendRequest, ExpectedVersion, StreamWrite};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};

@@ -3,18 +3,16 @@
 //! kind of caller, and running live refuses to start without a key.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
-use base64::Engine;
 use event_store::process::Readiness;
-use event_store::process::auth::{
-    Access, AuthConfig, AuthConfigError, Authenticator, OPS_ACCESS, Role, mint_hs256,
-};
+use event_store::process::auth::{Access, AuthConfig, AuthConfigError, Authenticator, OPS_ACCESS, Role};
+use event_store::testing::{CALLERS, access_entries};
 use projector::access::ACCESS;
 use projector::{AppState, Config, RunError, status};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
@@ -27,71 +25,6 @@ const TEST_SECRET: &[u8] = b"projector-test-secret-of-at-least-32-bytes";
 /// milliseconds an empty log takes.
 const REBUILD_LIMIT: Duration = Duration::from_secs(30);
 
-/// Every kind of caller a route may see.
-#[derive(Debug, Clone, Copy)]
-enum Caller {
-    NoToken,
-    Expired,
-    WrongSecret,
-    AlgNone,
-    Holding(Role),
-}
-
-const CALLERS: [Caller; 8] = [
-    Caller::NoToken,
-    Caller::Expired,
-    Caller::WrongSecret,
-    Caller::AlgNone,
-    Caller::Holding(Role::Teller),
-    Caller::Holding(Role::Viewer),
-    Caller::Holding(Role::Auditor),
-    Caller::Holding(Role::Admin),
-];
-
-fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// The bearer token `caller` sends, if any.
-fn token_for(caller: Caller) -> Option<String> {
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let token = match caller {
-        Caller::NoToken => return None,
-        // Signed with the right secret, but past its `exp` by more than the leeway.
-        Caller::Expired => jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({"sub": "late", "roles": ["admin"], "exp": now_seconds() - 3600}),
-            &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET),
-        )
-        .expect("encode"),
-        Caller::WrongSecret => mint_hs256(
-            b"not-the-secret-the-app-verifies-with!!",
-            "mallory",
-            &[Role::Admin],
-            Duration::from_secs(3600),
-        )
-        .expect("mint"),
-        Caller::AlgNone => format!(
-            "{}.{}.",
-            engine.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            engine.encode(
-                json!({"sub": "mallory", "roles": ["admin"], "exp": now_seconds() + 3600}).to_string()
-            )
-        ),
-        Caller::Holding(role) => mint_hs256(
-            TEST_SECRET,
-            &format!("{}-1", role.as_str()),
-            &[role],
-            Duration::from_secs(3600),
-        )
-        .expect("mint"),
-    };
-    Some(token)
-}
-
 /// API.md, "Security", written out here apart from [`ACCESS`], so that a wrong entry in
 /// the table fails the walk instead of being taken as the expectation.
 const EXPECTED: &[(&str, &str, Option<Role>)] = &[
@@ -101,15 +34,6 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),
 ];
-
-/// (method, path, role name) of each entry, for comparing as a set.
-fn entries<'a>(
-    items: impl Iterator<Item = (&'a str, &'a str, Option<Role>)>,
-) -> BTreeSet<(String, String, Option<&'static str>)> {
-    items
-        .map(|(method, path, role)| (method.to_owned(), path.to_owned(), role.map(Role::as_str)))
-        .collect()
-}
 
 async fn admin_app(pool: PgPool) -> axum::Router {
     let nats = async_nats::connect(NATS_URL).await.expect("NATS");
@@ -122,13 +46,13 @@ async fn admin_app(pool: PgPool) -> axum::Router {
 #[test]
 fn the_access_table_covers_exactly_the_routes_the_router_serves_with_the_roles_of_api_md() {
     let table: Vec<&Access> = OPS_ACCESS.iter().chain(ACCESS).collect();
-    let listed = entries(
+    let listed = access_entries(
         table
             .iter()
             .map(|access| (access.method.as_str(), access.path, access.role)),
     );
     assert_eq!(listed.len(), table.len(), "a route is listed twice");
-    assert_eq!(listed, entries(EXPECTED.iter().copied()));
+    assert_eq!(listed, access_entries(EXPECTED.iter().copied()));
     // The admin routes come from the same declaration as their document.
     let (_router, document) = projector::http::routes().split_for_parts();
     let mut routed = BTreeSet::new();
@@ -173,7 +97,7 @@ async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
         let path = route.replace("{name}", "transfers");
         for caller in CALLERS {
             let mut request = Request::builder().method(method).uri(&path);
-            if let Some(token) = token_for(caller) {
+            if let Some(token) = caller.token(TEST_SECRET) {
                 request = request.header("authorization", format!("Bearer {token}"));
             }
             let response = app
@@ -189,18 +113,13 @@ async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
                 .expect("body");
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let what = format!("{method} {route} as {caller:?}: {status} {body}");
-            let allowed = match (role, caller) {
-                (None, _) => true,
-                (Some(_), Caller::Holding(Role::Admin)) => true,
-                (Some(needed), Caller::Holding(held)) => needed == held,
-                (Some(_), _) => false,
-            };
+            let allowed = caller.may_call(role);
             if allowed {
                 let expected = if method == "POST" { 202 } else { 200 };
                 assert_eq!(status, expected, "{what}");
                 rebuilds_done(&pool).await;
             } else {
-                let authenticated = matches!(caller, Caller::Holding(_));
+                let authenticated = caller.is_authenticated();
                 let (expected_status, expected_type) = if authenticated {
                     (403, "https://eventledger.dev/problems/forbidden")
                 } else {

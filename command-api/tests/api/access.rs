@@ -3,83 +3,22 @@
 //! idempotency keys, and the process refuses to start without a key.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use command_api::access::{ACCESS, MAX_ACTOR_CHARS};
 use command_api::{Config, RunError};
-use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role, mint_hs256};
+use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
+use event_store::testing::{CALLERS, Caller, access_entries};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, client_with_token, spawn_app, token};
 
-/// Every kind of caller a route may see.
-#[derive(Debug, Clone, Copy)]
-enum Caller {
-    NoToken,
-    Expired,
-    WrongSecret,
-    AlgNone,
-    Holding(Role),
-}
-
-const CALLERS: [Caller; 8] = [
-    Caller::NoToken,
-    Caller::Expired,
-    Caller::WrongSecret,
-    Caller::AlgNone,
-    Caller::Holding(Role::Teller),
-    Caller::Holding(Role::Viewer),
-    Caller::Holding(Role::Auditor),
-    Caller::Holding(Role::Admin),
-];
-
-/// A token signed with the test secret whose `exp` lies beyond the verifier's leeway.
-fn expired_token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "late", "roles": ["admin"], "exp": now - 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(crate::helpers::TEST_SECRET.as_bytes()),
-    )
-    .expect("encode")
-}
-
-/// An unsigned admin token (`alg: none`) that would be valid for an hour.
-fn alg_none_token() -> String {
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    format!(
-        "{}.{}.",
-        engine.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        engine.encode(json!({"sub": "mallory", "roles": ["admin"], "exp": exp}).to_string())
-    )
-}
-
 fn client_for(caller: Caller) -> reqwest::Client {
-    let token = match caller {
-        Caller::NoToken => return reqwest::Client::new(),
-        Caller::Expired => expired_token(),
-        Caller::WrongSecret => mint_hs256(
-            b"not-the-secret-the-app-verifies-with!!",
-            "mallory",
-            &[Role::Admin],
-            Duration::from_secs(3600),
-        )
-        .expect("mint"),
-        Caller::AlgNone => alg_none_token(),
-        Caller::Holding(role) => token(&format!("{}-1", role.as_str()), &[role]),
-    };
-    client_with_token(&token)
+    match caller.token(crate::helpers::TEST_SECRET.as_bytes()) {
+        Some(token) => client_with_token(&token),
+        None => reqwest::Client::new(),
+    }
 }
 
 /// A body that the route's handler accepts, so an authorized caller reaches the domain.
@@ -127,26 +66,17 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/metrics", None),
 ];
 
-/// (method, path, role name) of each entry, for comparing as a set.
-fn entries<'a>(
-    items: impl Iterator<Item = (&'a str, &'a str, Option<Role>)>,
-) -> BTreeSet<(String, String, Option<&'static str>)> {
-    items
-        .map(|(method, path, role)| (method.to_owned(), path.to_owned(), role.map(Role::as_str)))
-        .collect()
-}
-
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn the_access_table_covers_exactly_the_routes_the_router_serves_with_the_roles_of_api_md(pool: PgPool) {
     let app = spawn_app(pool).await;
     let table: Vec<&Access> = OPS_ACCESS.iter().chain(ACCESS).collect();
-    let listed = entries(
+    let listed = access_entries(
         table
             .iter()
             .map(|access| (access.method.as_str(), access.path, access.role)),
     );
     assert_eq!(listed.len(), table.len(), "a route is listed twice");
-    assert_eq!(listed, entries(EXPECTED.iter().copied()));
+    assert_eq!(listed, access_entries(EXPECTED.iter().copied()));
     // The OpenAPI test shows the document lists exactly the routed operations.
     let routes: BTreeSet<(String, String)> = listed
         .into_iter()
@@ -177,13 +107,8 @@ async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
             let before = app.event_count().await;
             let answer = app.send(request).await;
             let what = format!("{method} {route} as {caller:?}: {}", answer.body);
-            let allowed = match (role, caller) {
-                (None, _) => true,
-                (Some(_), Caller::Holding(Role::Admin)) => true,
-                (Some(needed), Caller::Holding(held)) => needed == held,
-                (Some(_), _) => false,
-            };
-            let authenticated = matches!(caller, Caller::Holding(_));
+            let allowed = caller.may_call(role);
+            let authenticated = caller.is_authenticated();
             if allowed {
                 assert!(
                     ![401, 403].contains(&answer.status) && answer.status < 500,

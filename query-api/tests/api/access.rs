@@ -4,83 +4,21 @@
 //! to start without a key.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use domain::AccountId;
 use event_store::ExpectedVersion;
-use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role, mint_hs256};
+use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
+use event_store::testing::{CALLERS, Caller, access_entries};
 use query_api::access::ACCESS;
 use query_api::{Config, RunError};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{AccountFixture, TEST_SECRET, client_with_token, deposited, opened, spawn_app, token};
-
-/// Every kind of caller a route may see.
-#[derive(Debug, Clone, Copy)]
-enum Caller {
-    NoToken,
-    Expired,
-    WrongSecret,
-    AlgNone,
-    Holding(Role),
-}
-
-const CALLERS: [Caller; 8] = [
-    Caller::NoToken,
-    Caller::Expired,
-    Caller::WrongSecret,
-    Caller::AlgNone,
-    Caller::Holding(Role::Teller),
-    Caller::Holding(Role::Viewer),
-    Caller::Holding(Role::Auditor),
-    Caller::Holding(Role::Admin),
-];
-
-fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A token signed with the test secret whose `exp` lies beyond the verifier's leeway.
-fn expired_token() -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "late", "roles": ["admin"], "exp": now_seconds() - 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
-    )
-    .expect("encode")
-}
-
-/// An unsigned admin token (`alg: none`) that would be valid for an hour.
-fn alg_none_token() -> String {
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{}.{}.",
-        engine.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        engine.encode(json!({"sub": "mallory", "roles": ["admin"], "exp": now_seconds() + 3600}).to_string())
-    )
-}
+use crate::helpers::{AccountFixture, TEST_SECRET, client_with_token, deposited, opened, spawn_app};
 
 fn client_for(caller: Caller) -> reqwest::Client {
-    let token = match caller {
-        Caller::NoToken => return client_with_token(None),
-        Caller::Expired => expired_token(),
-        Caller::WrongSecret => mint_hs256(
-            b"not-the-secret-the-app-verifies-with!!",
-            "mallory",
-            &[Role::Admin],
-            Duration::from_secs(3600),
-        )
-        .expect("mint"),
-        Caller::AlgNone => alg_none_token(),
-        Caller::Holding(role) => token(&format!("{}-1", role.as_str()), &[role]),
-    };
-    client_with_token(Some(&token))
+    client_with_token(caller.token(TEST_SECRET.as_bytes()).as_deref())
 }
 
 /// API.md, "Security", written out here apart from [`ACCESS`], so that a wrong entry in
@@ -100,15 +38,6 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),
 ];
-
-/// (method, path, role name) of each entry, for comparing as a set.
-fn entries<'a>(
-    items: impl Iterator<Item = (&'a str, &'a str, Option<Role>)>,
-) -> BTreeSet<(String, String, Option<&'static str>)> {
-    items
-        .map(|(method, path, role)| (method.to_owned(), path.to_owned(), role.map(Role::as_str)))
-        .collect()
-}
 
 /// The operations the OpenAPI document lists, as (method, path). The document is built
 /// from the same declaration as the router (`query_api::routes`), so this is what the
@@ -130,13 +59,13 @@ async fn documented_routes(app: &crate::helpers::TestApp) -> BTreeSet<(String, S
 async fn the_access_table_covers_exactly_the_routes_the_router_serves_with_the_roles_of_api_md(pool: PgPool) {
     let app = spawn_app(pool).await;
     let table: Vec<&Access> = OPS_ACCESS.iter().chain(ACCESS).collect();
-    let listed = entries(
+    let listed = access_entries(
         table
             .iter()
             .map(|access| (access.method.as_str(), access.path, access.role)),
     );
     assert_eq!(listed.len(), table.len(), "a route is listed twice");
-    assert_eq!(listed, entries(EXPECTED.iter().copied()));
+    assert_eq!(listed, access_entries(EXPECTED.iter().copied()));
     let queries: BTreeSet<(String, String)> = ACCESS
         .iter()
         .filter(|access| access.path != "/openapi.json")
@@ -200,12 +129,7 @@ async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
             let challenge = header("www-authenticate");
             let position = header("x-projection-position");
             let what = format!("{method} {route} as {caller:?}: {status}");
-            let allowed = match (role, caller) {
-                (None, _) => true,
-                (Some(_), Caller::Holding(Role::Admin)) => true,
-                (Some(needed), Caller::Holding(held)) => needed == held,
-                (Some(_), _) => false,
-            };
+            let allowed = caller.may_call(role);
             if allowed {
                 // The live tail never ends: its status and headers are the answer.
                 assert_eq!(status, 200, "{what}");
@@ -214,7 +138,7 @@ async fn every_route_answers_every_caller_as_its_role_says(pool: PgPool) {
             }
             let body: Value = response.json().await.expect("a problem body");
             let what = format!("{what} {body}");
-            let authenticated = matches!(caller, Caller::Holding(_));
+            let authenticated = caller.is_authenticated();
             let (expected_status, expected_type) = if authenticated {
                 (403, "https://eventledger.dev/problems/forbidden")
             } else {
