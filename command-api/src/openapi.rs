@@ -7,19 +7,14 @@
 //! shared `event-store::process` module, are described here by hand. The bearer scheme,
 //! and the role each operation needs, come from [`crate::access::ACCESS`].
 
-use axum::http::Method;
-use event_store::process::auth::Role;
+use event_store::process::openapi::{self, problem_response};
 use utoipa::OpenApi;
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, PathItem, Ref, Required, ResponseBuilder};
+use utoipa::openapi::{PathItem, Required, ResponseBuilder};
 
 use crate::access::ACCESS;
 use crate::dto::Problem;
-
-/// The name of the bearer-token security scheme in the document.
-const BEARER_SCHEME: &str = "bearer";
 
 /// The document's fixed parts; paths are added by the router.
 #[derive(OpenApi)]
@@ -54,27 +49,17 @@ const COMMAND_ERRORS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Adds the shared headers and error answers to every command operation, and the
-/// operational endpoints.
+/// Adds the shared headers and error answers to every command operation, the bearer
+/// scheme and each operation's role, and the operational endpoints.
 pub fn complete(document: &mut utoipa::openapi::OpenApi) {
-    let mut bearer = Http::new(HttpAuthScheme::Bearer);
-    bearer.bearer_format = Some("JWT".to_owned());
-    document
-        .components
-        .get_or_insert_with(Default::default)
-        .add_security_scheme(BEARER_SCHEME, SecurityScheme::Http(bearer));
     for (path, item) in document.paths.paths.iter_mut() {
         // `If-Match` names an account's version, so only commands on one account take it.
         let on_one_account = path.contains("{id}");
-        for (method, operation) in [(Method::POST, &mut item.post), (Method::DELETE, &mut item.delete)] {
-            if let Some(operation) = operation {
-                add_command_parts(operation, on_one_account);
-                if let Some(role) = required_role(&method, path) {
-                    add_security(operation, role);
-                }
-            }
+        for operation in [&mut item.post, &mut item.delete].into_iter().flatten() {
+            add_command_parts(operation, on_one_account);
         }
     }
+    openapi::secure(document, ACCESS);
     for (path, description) in [
         ("/healthz", "The process runs"),
         ("/readyz", "PostgreSQL and NATS answer (503 otherwise)"),
@@ -91,57 +76,6 @@ pub fn complete(document: &mut utoipa::openapi::OpenApi) {
             .paths
             .insert(path.to_owned(), PathItem::new(HttpMethod::Get, operation));
     }
-}
-
-/// The role [`ACCESS`] gives an operation; `None` if it is open or unlisted.
-fn required_role(method: &Method, path: &str) -> Option<Role> {
-    ACCESS
-        .iter()
-        .find(|access| access.method == method && access.path == path)
-        .and_then(|access| access.role)
-}
-
-/// The bearer requirement, the role in the description, and the 401 and 403 answers.
-fn add_security(operation: &mut Operation, role: Role) {
-    operation.security = Some(vec![SecurityRequirement::new(
-        BEARER_SCHEME,
-        Vec::<String>::new(),
-    )]);
-    let needs = match role {
-        Role::Admin => "Needs the `admin` role.".to_owned(),
-        other => format!("Needs the `{}` role (or `admin`).", other.as_str()),
-    };
-    operation.description = Some(match operation.description.take() {
-        Some(description) => format!("{description}\n\n{needs}"),
-        None => needs,
-    });
-    for (status, description) in [
-        (
-            "401",
-            "No bearer token, or one that is invalid or expired (WWW-Authenticate: Bearer)",
-        ),
-        (
-            "403",
-            "The token's roles do not include the one this operation needs",
-        ),
-    ] {
-        operation
-            .responses
-            .responses
-            .insert(status.to_owned(), problem_response(description).into());
-    }
-}
-
-fn problem_response(description: &str) -> utoipa::openapi::Response {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
-                .build(),
-        )
-        .build()
 }
 
 fn add_command_parts(operation: &mut Operation, takes_if_match: bool) {
@@ -182,6 +116,6 @@ fn add_command_parts(operation: &mut Operation, takes_if_match: bool) {
         operation
             .responses
             .responses
-            .insert((*status).to_owned(), problem_response(description).into());
+            .insert((*status).to_owned(), problem_response(description, true).into());
     }
 }

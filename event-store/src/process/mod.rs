@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod limits;
 pub mod nats;
+pub mod openapi;
 pub mod ops;
 pub mod serve;
 pub mod shutdown;
