@@ -60,6 +60,10 @@ struct Args {
     /// The query API's pool size (its `DATABASE_MAX_CONNECTIONS`).
     #[arg(long, default_value_t = 16)]
     pool_size: u32,
+    /// Measure only `GET /accounts/{id}`, without seeding the log: a quicker loop while
+    /// working on that path. The published figures are of a full run.
+    #[arg(long)]
+    accounts_only: bool,
 }
 
 /// A small deterministic generator, so runs ask for the same spread of keys.
@@ -147,7 +151,7 @@ fn row(name: &str, connections: usize, measured: &Measured) {
     );
 }
 
-async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
+async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>> {
     let started = Instant::now();
     sqlx::query(
         "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
@@ -160,8 +164,8 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
     .execute(&database.pool)
     .await?;
     let mut first = 1;
-    while first <= EVENTS {
-        let last = (first + EVENTS_PER_INSERT - 1).min(EVENTS);
+    while first <= events {
+        let last = (first + EVENTS_PER_INSERT - 1).min(events);
         sqlx::query(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, data, metadata, recorded_at) \
@@ -182,11 +186,11 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
         first = last + 1;
     }
     sqlx::query("UPDATE event_store_head SET position = $1")
-        .bind(EVENTS)
+        .bind(events)
         .execute(&database.pool)
         .await?;
     sqlx::query("UPDATE read_model.projection_checkpoints SET position = $1")
-        .bind(EVENTS)
+        .bind(events)
         .execute(&database.pool)
         .await?;
     sqlx::query("VACUUM ANALYZE").execute(&database.pool).await?;
@@ -194,7 +198,7 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
         .fetch_all(&database.pool)
         .await?;
     eprintln!(
-        "seeded {ACCOUNTS} accounts and {EVENTS} events in {:.1} s",
+        "seeded {ACCOUNTS} accounts and {events} events in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(ids)
@@ -205,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds);
     let database = BenchDatabase::create(&args.database_url, 4).await?;
-    let ids = Arc::new(seed(&database).await?);
+    let events = if args.accounts_only { 0 } else { EVENTS };
+    let ids = Arc::new(seed(&database, events).await?);
 
     let reader = query_api::database::reader_options(&database.url, None)?;
     let nats = event_store::process::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
@@ -240,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     println!("Machine: {}", machine());
     println!();
     println!(
-        "{ACCOUNTS} accounts in the read model, {EVENTS} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}.",
+        "{ACCOUNTS} accounts in the read model, {events} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}.",
         ACTORS, args.seconds, args.pool_size
     );
     println!();
@@ -260,6 +265,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     row("`GET /accounts/{id}`", args.connections, &by_id);
+    if args.accounts_only {
+        stop.cancel();
+        server.await??;
+        database.drop_now().await?;
+        return Ok(());
+    }
 
     let by_actor = measure(
         &client,
