@@ -100,9 +100,12 @@ impl std::fmt::Debug for WrappedKey {
 }
 
 /// The master key and the operations on data keys.
+///
+/// Cheap to clone (the expanded key is shared): the query API's state, cloned for every
+/// request, holds one.
 #[derive(Clone)]
 pub struct Vault {
-    master: Aes256Gcm,
+    master: std::sync::Arc<Aes256Gcm>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -137,7 +140,7 @@ impl Vault {
 
     fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            master: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+            master: std::sync::Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes))),
         }
     }
 
@@ -150,7 +153,7 @@ impl Vault {
             return Err(PiiError::BadMasterKey);
         }
         Ok(Self {
-            master: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            master: std::sync::Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes))),
         })
     }
 

@@ -49,6 +49,14 @@ pub enum QueryError {
     /// 500 `internal`: the database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// 500 `internal`: the database failed a statement that answered several requests
+    /// at once ([`crate::views::account_reads`]); each of them reports it.
+    #[error("database error")]
+    SharedDatabase(#[source] std::sync::Arc<sqlx::Error>),
+    /// 500 `internal`: the task that reads accounts for requests has stopped (only if it
+    /// panicked: it lives as long as the server).
+    #[error("the account reader has stopped")]
+    ReaderStopped,
     /// 500 `internal`: the event store failed or broke an invariant.
     #[error("event store error")]
     Store(#[from] StoreError),
@@ -103,9 +111,12 @@ impl QueryError {
                 "too-many-live-tails",
                 "Too many live tails",
             ),
-            Self::Database(_) | Self::Store(_) | Self::Corrupt { .. } | Self::Unsealable { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            }
+            Self::Database(_)
+            | Self::SharedDatabase(_)
+            | Self::ReaderStopped
+            | Self::Store(_)
+            | Self::Corrupt { .. }
+            | Self::Unsealable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 }

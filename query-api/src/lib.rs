@@ -107,6 +107,8 @@ pub enum RunError {
 pub struct AppState {
     /// Connections as the read-only role; every query runs on these.
     pub pool: PgPool,
+    /// `GET /accounts/{id}` lookups, read in batches on `pool`.
+    pub account_reads: views::account_reads::AccountReads,
     /// Positions of the read models and the log, for read-your-writes.
     pub progress: Progress,
     /// The bound on open live tails.
@@ -203,6 +205,7 @@ pub async fn start(
             pool: pool.clone(),
             nats,
         },
+        account_reads: views::account_reads::AccountReads::start(pool.clone()),
         pool,
         progress,
         live_tails: LiveTails::default(),

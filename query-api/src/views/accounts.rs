@@ -57,10 +57,10 @@ pub struct AccountPage {
 }
 
 /// The checkpoint joined to at most one account row: every account column may be NULL.
-#[derive(sqlx::FromRow)]
-struct AccountRow {
-    checkpoint: i64,
-    account_id: Option<Uuid>,
+#[derive(Clone, sqlx::FromRow)]
+pub(crate) struct AccountRow {
+    pub(crate) checkpoint: i64,
+    pub(crate) account_id: Option<Uuid>,
     /// Sealed; opened with `wrapped_key`, the account's data key from `pii_keys`.
     owner_name: Option<String>,
     owner_email: Option<String>,
@@ -127,6 +127,7 @@ macro_rules! account_columns {
          overdraft_limit, status, version, opened_at, updated_at"
     };
 }
+pub(crate) use account_columns;
 
 /// One account.
 #[utoipa::path(
@@ -162,22 +163,14 @@ pub async fn get_account(
     })
 }
 
-#[instrument(skip_all, fields(account_id = %account_id))]
+/// One account, read with whatever other lookups are waiting ([`super::account_reads`]).
+/// At debug level: a span per lookup is measurable at this endpoint's rate.
+#[instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 async fn read_account(state: &AppState, account_id: Uuid) -> Result<Projected<Option<AccountView>>> {
-    let row: AccountRow = sqlx::query_as(concat!(
-        "SELECT checkpoint.position AS checkpoint, ",
-        account_columns!(),
-        " FROM ",
-        checkpoint_of!("accounts"),
-        " LEFT JOIN read_model.accounts ON account_id = $1",
-        " LEFT JOIN pii_keys ON pii_keys.subject_id = account_id"
-    ))
-    .bind(account_id)
-    .fetch_one(&state.pool)
-    .await?;
+    let (checkpoint, row) = state.account_reads.read(account_id).await?;
     Ok(Projected {
-        position: row.checkpoint,
-        body: row.view(&state.vault)?,
+        position: checkpoint,
+        body: row.map(|row| row.view(&state.vault)).transpose()?.flatten(),
     })
 }
 

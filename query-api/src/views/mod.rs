@@ -2,6 +2,7 @@
 //! transfers. Each answer is read by one SQL statement that also reads its projection's
 //! checkpoint, so `X-Projection-Position` is the position of the very snapshot served.
 
+pub mod account_reads;
 pub mod accounts;
 pub mod transactions;
 pub mod transfers;

@@ -29,6 +29,55 @@ async fn an_account_is_answered_with_its_fields_and_its_projection_position(pool
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn concurrent_lookups_read_together_each_get_their_own_account(pool: PgPool) {
+    // Lookups that arrive together are read in one statement (views::account_reads):
+    // each answer must still be its own account, with the position of the snapshot read,
+    // a repeated id answered every time and an unknown one a 404.
+    let app = spawn_app(pool).await;
+    let mut accounts = Vec::new();
+    for index in 0..24 {
+        let mut account = AccountFixture::new("EUR", "open");
+        account.balance = 1000 + index;
+        if index % 3 == 0 {
+            account.owner = None;
+        }
+        app.insert_account(&account).await;
+        accounts.push(account);
+    }
+    app.set_checkpoint("accounts", 11).await;
+    let unknown = Uuid::now_v7();
+    let mut wanted: Vec<Option<&AccountFixture>> = accounts.iter().map(Some).collect();
+    wanted.extend(accounts.iter().take(8).map(Some));
+    wanted.extend([None, None]);
+
+    let paths: Vec<String> = wanted
+        .iter()
+        .map(|account| {
+            format!(
+                "/accounts/{}",
+                account.map_or(unknown, |account| account.account_id)
+            )
+        })
+        .collect();
+
+    let answers = futures::future::join_all(paths.iter().map(|path| app.get(path))).await;
+
+    for (account, response) in wanted.iter().zip(answers) {
+        match account {
+            Some(account) => {
+                assert_eq!(response.status(), 200);
+                assert_eq!(response.headers()["x-projection-position"], "11");
+                let body: serde_json::Value = response.json().await.expect("JSON");
+                assert_eq!(body["account_id"], account.account_id.to_string());
+                assert_eq!(body["balance"], account.balance);
+                assert_eq!(body["owner"].is_null(), account.owner.is_none(), "{body}");
+            }
+            None => assert_eq!(response.status(), 404),
+        }
+    }
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn an_erased_owner_is_null(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut account = AccountFixture::new("EUR", "closed");

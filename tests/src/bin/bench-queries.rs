@@ -5,13 +5,14 @@
 //!
 //! `cargo run --release -p tests --bin bench-queries -- --seconds 10`
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use hdrhistogram::Histogram;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
 use tests::bench::{BenchDatabase, machine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -60,6 +61,103 @@ struct Args {
     /// The query API's pool size (its `DATABASE_MAX_CONNECTIONS`).
     #[arg(long, default_value_t = 16)]
     pool_size: u32,
+    /// The HTTP client: `hyper` (default), one HTTP/1.1 connection per worker driven
+    /// directly, or `reqwest` with its pool. Client and server share two cores, so the
+    /// client's own cost is taken from the server: the leaner one leaves it more.
+    #[arg(long, value_enum, default_value_t = ClientKind::Hyper)]
+    client: ClientKind,
+    /// Seal every owner under a key of its own, as the command API does, so that every
+    /// account answer unwraps a key and opens a name and an email; without it the
+    /// owners have no key and answer `null` without opening anything.
+    #[arg(long)]
+    sealed_owners: bool,
+    /// Measure only `GET /accounts/{id}`, without seeding the log: a quicker loop while
+    /// working on that path. The published figures are of a full run.
+    #[arg(long)]
+    accounts_only: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientKind {
+    Hyper,
+    Reqwest,
+}
+
+/// One worker's way to send GETs: each worker owns its connection either way.
+enum Worker {
+    Reqwest {
+        client: reqwest::Client,
+        base: String,
+    },
+    Hyper {
+        sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        authorization: HeaderValue,
+    },
+}
+
+impl Worker {
+    async fn connect(
+        kind: ClientKind,
+        client: &reqwest::Client,
+        address: SocketAddr,
+        authorization: &HeaderValue,
+    ) -> anyhow::Result<Self> {
+        Ok(match kind {
+            ClientKind::Reqwest => Worker::Reqwest {
+                client: client.clone(),
+                base: format!("http://{address}"),
+            },
+            ClientKind::Hyper => {
+                let stream = tokio::net::TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Worker::Hyper {
+                    sender,
+                    authorization: authorization.clone(),
+                }
+            }
+        })
+    }
+
+    /// GETs `path`; whether it answered 2xx with its whole body.
+    async fn get(&mut self, path: &str) -> bool {
+        match self {
+            Worker::Reqwest { client, base } => match client.get(format!("{base}{path}")).send().await {
+                Ok(response) => {
+                    let ok = response.status().is_success();
+                    response.bytes().await.is_ok() && ok
+                }
+                Err(_) => false,
+            },
+            Worker::Hyper {
+                sender,
+                authorization,
+            } => {
+                let Ok(request) = hyper::Request::get(path)
+                    .header(HOST, "127.0.0.1")
+                    .header(AUTHORIZATION, authorization.clone())
+                    .body(http_body_util::Empty::new())
+                else {
+                    return false;
+                };
+                if sender.ready().await.is_err() {
+                    return false;
+                }
+                match sender.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        http_body_util::BodyExt::collect(response.into_body())
+                            .await
+                            .is_ok()
+                            && ok
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
 }
 
 /// A small deterministic generator, so runs ask for the same spread of keys.
@@ -74,6 +172,14 @@ impl XorShift {
     }
 }
 
+/// What every worker of a measurement connects with.
+struct Client {
+    kind: ClientKind,
+    reqwest: reqwest::Client,
+    address: SocketAddr,
+    authorization: HeaderValue,
+}
+
 struct Measured {
     requests_per_second: f64,
     histogram: Histogram<u64>,
@@ -83,33 +189,38 @@ struct Measured {
 /// Runs `connections` workers for `duration`, each asking for the path `next_path`
 /// gives it, and records every request's latency.
 async fn measure(
-    client: &reqwest::Client,
-    base: &str,
+    client: &Client,
     connections: usize,
     duration: Duration,
     next_path: Arc<dyn Fn(&mut XorShift) -> String + Send + Sync>,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let deadline = started + duration;
-    let workers: Vec<_> = (0..connections)
-        .map(|worker| {
-            let client = client.clone();
-            let base = base.to_owned();
+    let mut connected = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        connected.push(
+            Worker::connect(
+                client.kind,
+                &client.reqwest,
+                client.address,
+                &client.authorization,
+            )
+            .await?,
+        );
+    }
+    let workers: Vec<_> = connected
+        .into_iter()
+        .enumerate()
+        .map(|(worker, mut connection)| {
             let next_path = next_path.clone();
             tokio::spawn(async move {
                 let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1));
                 let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3)?;
                 let mut failures = 0u64;
                 while Instant::now() < deadline {
-                    let url = format!("{base}{}", next_path(&mut random));
+                    let path = next_path(&mut random);
                     let sent = Instant::now();
-                    let ok = match client.get(&url).send().await {
-                        Ok(response) => {
-                            let ok = response.status().is_success();
-                            response.bytes().await.is_ok() && ok
-                        }
-                        Err(_) => false,
-                    };
+                    let ok = connection.get(&path).await;
                     let micros = sent.elapsed().as_micros() as u64;
                     histogram.saturating_record(micros.min(MAX_LATENCY_US));
                     if !ok {
@@ -147,7 +258,7 @@ fn row(name: &str, connections: usize, measured: &Measured) {
     );
 }
 
-async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
+async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>> {
     let started = Instant::now();
     sqlx::query(
         "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
@@ -160,8 +271,8 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
     .execute(&database.pool)
     .await?;
     let mut first = 1;
-    while first <= EVENTS {
-        let last = (first + EVENTS_PER_INSERT - 1).min(EVENTS);
+    while first <= events {
+        let last = (first + EVENTS_PER_INSERT - 1).min(events);
         sqlx::query(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, data, metadata, recorded_at) \
@@ -182,11 +293,11 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
         first = last + 1;
     }
     sqlx::query("UPDATE event_store_head SET position = $1")
-        .bind(EVENTS)
+        .bind(events)
         .execute(&database.pool)
         .await?;
     sqlx::query("UPDATE read_model.projection_checkpoints SET position = $1")
-        .bind(EVENTS)
+        .bind(events)
         .execute(&database.pool)
         .await?;
     sqlx::query("VACUUM ANALYZE").execute(&database.pool).await?;
@@ -194,10 +305,51 @@ async fn seed(database: &BenchDatabase) -> anyhow::Result<Vec<Uuid>> {
         .fetch_all(&database.pool)
         .await?;
     eprintln!(
-        "seeded {ACCOUNTS} accounts and {EVENTS} events in {:.1} s",
+        "seeded {ACCOUNTS} accounts and {events} events in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(ids)
+}
+
+/// Owners sealed per statement while seeding: bounds one statement's arrays.
+const OWNERS_PER_UPDATE: usize = 10_000;
+
+/// Gives every account of `ids` a data key in `pii_keys` and its owner sealed under it.
+async fn seal_owners(
+    database: &BenchDatabase,
+    vault: &event_store::pii::Vault,
+    ids: &[Uuid],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for chunk in ids.chunks(OWNERS_PER_UPDATE) {
+        let mut keys = Vec::with_capacity(chunk.len());
+        let mut names = Vec::with_capacity(chunk.len());
+        let mut emails = Vec::with_capacity(chunk.len());
+        for (index, id) in chunk.iter().enumerate() {
+            let (key, wrapped) = vault.new_key(*id)?;
+            names.push(key.seal(&format!("Owner {index}"))?);
+            emails.push(key.seal(&format!("owner{index}@example.com"))?);
+            keys.push(wrapped);
+        }
+        event_store::pii::store_keys(&database.pool, &keys).await?;
+        sqlx::query(
+            "UPDATE read_model.accounts SET owner_name = owner.name, owner_email = owner.email \
+             FROM unnest($1::uuid[], $2::text[], $3::text[]) AS owner(id, name, email) \
+             WHERE account_id = owner.id",
+        )
+        .bind(chunk)
+        .bind(&names)
+        .bind(&emails)
+        .execute(&database.pool)
+        .await?;
+    }
+    sqlx::query("VACUUM ANALYZE").execute(&database.pool).await?;
+    eprintln!(
+        "sealed {} owners in {:.1} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -205,20 +357,22 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds);
     let database = BenchDatabase::create(&args.database_url, 4).await?;
-    let ids = Arc::new(seed(&database).await?);
+    let events = if args.accounts_only { 0 } else { EVENTS };
+    let ids = Arc::new(seed(&database, events).await?);
+    // The public development key: what it seals is as costly to open as under any other.
+    let vault =
+        event_store::pii::Vault::from_config(&event_store::pii::PiiConfig { pii_master_key: None }, true)?;
+    if args.sealed_owners {
+        seal_owners(&database, &vault, &ids).await?;
+    }
 
     let reader = query_api::database::reader_options(&database.url, None)?;
     let nats = event_store::process::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
     let stop = CancellationToken::new();
-    // The public development key. The seeded owners are not sealed and have no keys, so
-    // account answers show `null` without opening anything: these figures leave out
-    // opening an owner (three AES-GCM operations on a few hundred bytes).
-    let vault =
-        event_store::pii::Vault::from_config(&event_store::pii::PiiConfig { pii_master_key: None }, true)?;
     let authenticator = Authenticator::hs256(BENCH_AUTH_SECRET.as_bytes());
     let state = query_api::start(reader, args.pool_size, nats, authenticator, vault, stop.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
     let stopping = stop.clone();
     let server = tokio::spawn(query_api::serve(listener, state, async move {
         stopping.cancelled().await;
@@ -230,18 +384,35 @@ async fn main() -> anyhow::Result<()> {
         &[Role::Viewer, Role::Auditor],
         Duration::from_secs(24 * 60 * 60),
     )?;
+    let authorization = HeaderValue::from_str(&format!("Bearer {token}"))?;
     let mut headers = HeaderMap::new();
-    headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}"))?);
-    let client = reqwest::Client::builder()
-        .default_headers(headers)
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
+    headers.insert(AUTHORIZATION, authorization.clone());
+    let client = Client {
+        kind: args.client,
+        reqwest: reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_max_idle_per_host(args.connections)
+            .build()?,
+        address,
+        authorization,
+    };
 
     println!("Machine: {}", machine());
     println!();
     println!(
-        "{ACCOUNTS} accounts in the read model, {EVENTS} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}.",
-        ACTORS, args.seconds, args.pool_size
+        "{ACCOUNTS} accounts in the read model, {events} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}; {} client; owners {}.",
+        ACTORS,
+        args.seconds,
+        args.pool_size,
+        match args.client {
+            ClientKind::Hyper => "hyper",
+            ClientKind::Reqwest => "reqwest",
+        },
+        if args.sealed_owners {
+            "sealed, each answer opens one"
+        } else {
+            "without keys, answered null"
+        }
     );
     println!();
     println!("| request | connections | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | failed |");
@@ -250,7 +421,6 @@ async fn main() -> anyhow::Result<()> {
     let accounts = ids.clone();
     let by_id = measure(
         &client,
-        &base,
         args.connections,
         duration,
         Arc::new(move |random| {
@@ -260,10 +430,15 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     row("`GET /accounts/{id}`", args.connections, &by_id);
+    if args.accounts_only {
+        stop.cancel();
+        server.await??;
+        database.drop_now().await?;
+        return Ok(());
+    }
 
     let by_actor = measure(
         &client,
-        &base,
         args.audit_connections,
         duration,
         Arc::new(|random| {
@@ -281,7 +456,6 @@ async fn main() -> anyhow::Result<()> {
 
     let by_correlation = measure(
         &client,
-        &base,
         args.audit_connections,
         duration,
         Arc::new(|random| {
