@@ -90,9 +90,23 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
 }
 
-/// What every handler shares.
+/// What every handler shares, behind one `Arc`: axum clones the state for every
+/// request, and one reference count is cheaper than a clone of every field (the pool,
+/// the NATS client, the committer's queue, the vault). The committer still stops once
+/// the last clone is dropped.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub readiness: Readiness,
     /// The committer's queue and cache.
     pub commands: CommandBus,
@@ -132,7 +146,7 @@ impl AppState {
     ) -> (Self, JoinHandle<()>) {
         let (commands, committer) = committer::spawn(store, settings);
         (
-            Self {
+            Self(Arc::new(Shared {
                 readiness,
                 commands,
                 in_flight: InFlight::default(),
@@ -141,7 +155,7 @@ impl AppState {
                     table: access::ACCESS,
                 },
                 vault,
-            },
+            })),
             committer,
         )
     }

@@ -397,10 +397,7 @@ async fn a_query_slower_than_the_timeout_is_cut_but_the_live_tail_is_not(pool: P
 async fn live_tails_past_their_cap_are_a_503_problem(pool: PgPool) {
     let app = spawn_app(pool).await;
     seed(&app).await;
-    let state = query_api::AppState {
-        live_tails: LiveTails::new(1),
-        ..app.state.clone()
-    };
+    let state = app.state.clone().with_live_tails(LiveTails::new(1));
     let server = LimitedServer::start_with(state, HttpLimits::default()).await;
     let first = app
         .client
