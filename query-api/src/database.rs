@@ -11,10 +11,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use event_store::process::database::ACQUIRE_TIMEOUT;
+use event_store::process::database::pool_options;
 
 /// The role the query API logs in as.
 pub const READER_ROLE: &str = "eventledger_reader";
@@ -48,28 +47,8 @@ pub fn restrict(options: PgConnectOptions) -> PgConnectOptions {
     ])
 }
 
-/// A pooled connection idle for longer than this is pinged before a query gets it; one
-/// used more recently is handed out as it is. sqlx pings on every acquire by default,
-/// a whole round trip to PostgreSQL that doubled the cost of a one-row lookup. A
-/// connection in steady use has just proved itself (and sqlx pings it again when it
-/// goes back to the pool), so only one that sat idle, long enough for PostgreSQL to have
-/// restarted or a firewall to have dropped it, is worth testing first.
-pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// A pool of at most `max_connections` reader connections.
+/// A pool of at most `max_connections` reader connections, pinged as every pool is
+/// ([`pool_options`]).
 pub async fn connect_reader(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(false)
-        .before_acquire(|connection, metadata| {
-            Box::pin(async move {
-                if metadata.idle_for >= PING_IF_IDLE_FOR {
-                    connection.ping().await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_with(options)
-        .await
+    pool_options(max_connections).connect_with(options).await
 }
