@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use event_store::process::{shutdown_signal, telemetry};
 
+/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = command_api::Config::parse();

@@ -13,6 +13,10 @@ use serde_json::json;
 use tests::bench::{BenchDatabase, machine, plain_insert_commit_rate, rate};
 use uuid::Uuid;
 
+/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Server URL; a throwaway database is created beside the one named and dropped after.

@@ -25,6 +25,10 @@ use tests::bench::{
 };
 use uuid::Uuid;
 
+/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Server URL; a throwaway database is created beside the one named and dropped after.

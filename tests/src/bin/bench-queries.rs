@@ -17,6 +17,10 @@ use tests::bench::{BenchDatabase, machine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Accounts in the read model (issue 5).
 const ACCOUNTS: i64 = 100_000;
 

@@ -33,6 +33,10 @@ use tests::bench::{
 };
 use tests::harness::{Binary, System};
 
+/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "loadgen",
