@@ -350,10 +350,18 @@ struct LagUnderLoad {
 /// [`LAG_READ_EVERY`] the time from its answer to the query API showing it.
 enum PacedOutcome {
     Refused,
-    Answered {
-        command_us: u64,
-        lag_us: Option<Result<u64, ()>>,
+    Answered { command_us: u64, read_back: ReadBack },
+}
+
+/// Whether a paced deposit was read back through the query API, and what that saw.
+enum ReadBack {
+    NotAsked,
+    /// Readable this many µs after the command's answer.
+    Visible {
+        lag_us: u64,
     },
+    /// Not readable within [`LAG_WAIT_MS`], or the read failed.
+    Unseen,
 }
 
 /// Offers deposits at `rate` per second over `accounts` for `seconds`, open loop (a slow
@@ -383,7 +391,7 @@ async fn lag_under_load(
                 continue;
             };
             let (api, account) = (api.clone(), accounts[pick(11, sent, accounts.len())].clone());
-            let read_back = sent.is_multiple_of(LAG_READ_EVERY);
+            let reads_back = sent.is_multiple_of(LAG_READ_EVERY);
             tasks.spawn(async move {
                 let _permit = permit;
                 let asked = Instant::now();
@@ -399,10 +407,10 @@ async fn lag_under_load(
                     return PacedOutcome::Refused;
                 };
                 let command_us = (acknowledged - asked).as_micros() as u64;
-                if !read_back {
+                if !reads_back {
                     return PacedOutcome::Answered {
                         command_us,
-                        lag_us: None,
+                        read_back: ReadBack::NotAsked,
                     };
                 }
                 let url = format!(
@@ -414,12 +422,16 @@ async fn lag_under_load(
                     .send()
                     .await
                     .is_ok_and(|response| response.status().is_success());
-                let lag = visible
-                    .then(|| acknowledged.elapsed().as_micros() as u64)
-                    .ok_or(());
+                let read_back = if visible {
+                    ReadBack::Visible {
+                        lag_us: acknowledged.elapsed().as_micros() as u64,
+                    }
+                } else {
+                    ReadBack::Unseen
+                };
                 PacedOutcome::Answered {
                     command_us,
-                    lag_us: Some(lag),
+                    read_back,
                 }
             });
         }
@@ -431,12 +443,15 @@ async fn lag_under_load(
     while let Some(outcome) = tasks.join_next().await {
         match outcome? {
             PacedOutcome::Refused => refused += 1,
-            PacedOutcome::Answered { command_us, lag_us } => {
+            PacedOutcome::Answered {
+                command_us,
+                read_back,
+            } => {
                 commands.saturating_record(command_us.max(1));
-                match lag_us {
-                    Some(Ok(micros)) => lag.saturating_record(micros.max(1)),
-                    Some(Err(())) => unseen += 1,
-                    None => {}
+                match read_back {
+                    ReadBack::Visible { lag_us } => lag.saturating_record(lag_us.max(1)),
+                    ReadBack::Unseen => unseen += 1,
+                    ReadBack::NotAsked => {}
                 }
             }
         }
