@@ -1,5 +1,7 @@
 //! Query API throughput and latency over real HTTP: `GET /accounts/{id}` over 100,000
-//! accounts, and audit queries by actor and by correlation id over 1,000,000 events.
+//! accounts with sealed owners, as fast as it answers and offered at a fixed rate
+//! (`--rate`, 20,000/s), and audit queries by actor and by correlation id over
+//! 1,000,000 events.
 //! The query API runs in this process, as the read-only role, against a throwaway
 //! database; requests go through the loopback interface. Prints a Markdown table.
 //!
