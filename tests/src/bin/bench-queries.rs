@@ -483,7 +483,11 @@ async fn main() -> anyhow::Result<()> {
         by_id_path.clone(),
     )
     .await?;
-    row("`GET /accounts/{id}`", args.connections, &by_id);
+    row(
+        "`GET /accounts/{id}`, as fast as answered",
+        args.connections,
+        &by_id,
+    );
     if args.rate > 0.0 {
         let paced = measure(
             &client,
