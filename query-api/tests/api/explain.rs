@@ -5,7 +5,7 @@ use query_api::audit::AuditFilter;
 use sqlx::PgPool;
 
 /// The log's size for the plans: large enough that a sequential scan is a real cost
-/// to the planner, as the issue asks.
+/// to the planner.
 const EVENTS: i64 = 100_000;
 
 async fn plan(pool: &PgPool, filter: &AuditFilter) -> String {

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::helpers::spawn_app;
 
-/// The query routes of API.md, plus the live tail of issue 5.
+/// The query routes of API.md, plus the live tail.
 const ROUTES: &[&str] = &[
     "/accounts",
     "/accounts/{id}",

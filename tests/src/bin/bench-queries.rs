@@ -23,10 +23,10 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Accounts in the read model (issue 5).
+/// Accounts in the read model (the goal in the README's "Query API").
 const ACCOUNTS: i64 = 100_000;
 
-/// Events in the log (issue 5).
+/// Events in the log (likewise).
 const EVENTS: i64 = 1_000_000;
 
 /// Events per seeding statement: bounds one statement's memory and WAL burst.
@@ -79,7 +79,7 @@ struct Args {
     #[arg(long)]
     owners_without_keys: bool,
     /// The rate `GET /accounts/{id}` is also offered at, open loop, over the same
-    /// connections: the issue's goal is a p99 at this rate, which the closed loop at full
+    /// connections: the goal (README) is a p99 at this rate, which the closed loop at full
     /// speed does not measure (there every request queues behind the others). 0 skips it.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,

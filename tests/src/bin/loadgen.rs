@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     lag_samples: usize,
     /// Deposits per second offered while measuring the lag under load; by default half
-    /// the rate the deposit scenario reached (the projector issue's measure), or 1,000
+    /// the rate the deposit scenario reached (the projector's lag goal, README), or 1,000
     /// when that scenario is not run. 0 skips the measurement.
     #[arg(long)]
     lag_rate: Option<f64>,
