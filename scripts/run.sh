@@ -40,7 +40,7 @@ if [ -z "${AUTH_JWT_SECRET:-}" ] && [ -z "${AUTH_JWT_PUBLIC_KEY:-}" ]; then
   export EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH=true
 fi
 
-cargo build --release --locked -p command-api -p projector -p query-api -p event-store --bin mint-token
+cargo build --release --locked -p command-api -p projector -p query-api -p service --bin mint-token
 
 bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 log_dir="$root/.local/logs"

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use command_api::{AppState, app};
 use event_store::EventStore;
 use event_store::pii::{PiiConfig, Vault};
-use event_store::process::auth::{Authenticator, Role, mint_hs256};
-use event_store::process::{Readiness, database};
 use futures::StreamExt;
 use serde_json::json;
+use service::auth::{Authenticator, Role, mint_hs256};
+use service::{Readiness, database};
 
 /// A database of its own, so the figures are not mixed with anything else.
 const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/eventledger_command_load";
@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let account_count = args.next().transpose()?.unwrap_or(1_000).max(2);
 
     // Installed before the first command, or its measurements are lost.
-    let metrics = event_store::process::telemetry::metrics_handle();
+    let metrics = service::telemetry::metrics_handle();
     let pool = database::connect_and_migrate(DATABASE_URL, 16).await?;
     let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
     let (state, _committer) = AppState::new(

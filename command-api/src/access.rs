@@ -1,5 +1,5 @@
 //! Who may call each route of the command API (API.md, "Security"): one table, read by
-//! the `authorize` middleware of `event_store::process::auth` on every request and by the
+//! the `authorize` middleware of `service::auth` on every request and by the
 //! test that walks every route with every role. A route missing here is refused to
 //! everyone, so a new command stays closed until it is listed.
 //!
@@ -9,7 +9,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::Method;
 use axum::http::request::Parts;
-use event_store::process::auth::{Access, AuthError, Principal, Role};
+use service::auth::{Access, AuthError, Principal, Role};
 
 /// Every route the command API serves besides the operational ones (`OPS_ACCESS`), and
 /// the role it needs. Commands are a teller's work; erasing personal data is an admin's

@@ -41,9 +41,9 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::EventStore;
 use event_store::pii::{PiiConfig, PiiConfigError, Vault};
-use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
-use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use event_store::relay;
+use service::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
+use service::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -188,7 +188,7 @@ pub fn app(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .merge(process::ops_router(readiness))
+        .merge(service::ops_router(readiness))
         .route_layer(middleware::from_fn_with_state(control, authorize))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -213,13 +213,13 @@ pub async fn run(
     // First, before any connection: a misconfigured process should fail fast and plainly.
     let authenticator = Authenticator::from_config(&config.auth)?;
     let vault = Vault::from_config(&config.pii, config.auth.insecure_development_auth)?;
-    let pool = process::database::connect_and_migrate(
+    let pool = service::database::connect_and_migrate(
         &config.common.database_url,
         config.common.database_max_connections,
     )
     .await?;
-    let nats = process::nats::connect(&config.common.nats_url, "command-api").await?;
-    let listener = process::serve::bind(&config.listen).await?;
+    let nats = service::nats::connect(&config.common.nats_url, "command-api").await?;
+    let listener = service::serve::bind(&config.listen).await?;
     let store = EventStore::new(pool.clone());
 
     let stop = CancellationToken::new();
@@ -233,9 +233,9 @@ pub async fn run(
 
     let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator, vault);
     // Every command answers within the request timeout: none is exempt.
-    let router = process::limits::apply(app(state), &config.limits, &[]);
+    let router = service::limits::apply(app(state), &config.limits, &[]);
     let served =
-        process::serve::serve_with(listener, router, config.limits.header_read_timeout(), shutdown).await;
+        service::serve::serve_with(listener, router, config.limits.header_read_timeout(), shutdown).await;
     // The router and with it every handle to the committer are gone: it answers what is
     // queued and stops. Only then stop the relay, so it publishes those commits too.
     let _ = committer.await;

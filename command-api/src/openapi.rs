@@ -7,7 +7,7 @@
 //! shared `event-store::process` module, are described here by hand. The bearer scheme,
 //! and the role each operation needs, come from [`crate::access::ACCESS`].
 
-use event_store::process::openapi::{self, problem_response};
+use service::openapi::{self, problem_response};
 use utoipa::OpenApi;
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, Type};

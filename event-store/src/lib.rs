@@ -1,5 +1,6 @@
-//! The PostgreSQL event store of eventledger, the relay that carries it to NATS
-//! JetStream, and the process plumbing that every eventledger binary shares.
+//! The PostgreSQL event store of eventledger and the relay that carries it to NATS
+//! JetStream. How a process runs as a service (configuration, auth, HTTP limits, health,
+//! metrics, shutdown) is the `service` crate's.
 //!
 //! # Layout
 //!
@@ -12,8 +13,6 @@
 //! - [`relay`]: publishes committed events to JetStream in position order.
 //! - [`subscription`]: the durable JetStream pull consumer that reads what the relay
 //!   published, in batches.
-//! - [`process`]: configuration, database bootstrap, logging, health and metrics
-//!   endpoints, shutdown; shared by `command-api`, `projector` and `query-api`.
 //!
 //! # Guarantees
 //!
@@ -31,12 +30,9 @@ pub mod append;
 pub mod envelope;
 pub mod error;
 pub mod pii;
-pub mod process;
 pub mod read;
 pub mod relay;
 pub mod subscription;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use append::{AppendOutcome, AppendRejection, AppendRequest, ExpectedVersion, StreamWrite};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};

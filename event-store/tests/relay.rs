@@ -632,8 +632,12 @@ impl Drop for PrivateNats {
 async fn the_relay_catches_up_in_order_after_nats_was_away(pool: PgPool) {
     let store = EventStore::new(pool);
     let mut nats = PrivateNats::start();
-    // Connected the way every process connects: it keeps retrying in the background.
-    let client = event_store::process::nats::connect(&nats.url(), "relay-test")
+    // Connected the way every process connects (`service::nats::connect`): it keeps
+    // retrying in the background.
+    let client = async_nats::ConnectOptions::new()
+        .name("relay-test")
+        .retry_on_initial_connect()
+        .connect(nats.url())
         .await
         .expect("nats");
     let config = test_config();

@@ -1,11 +1,11 @@
 //! Who may call each route of the projector's admin port (API.md, "Security"): one
-//! table, read by the `authorize` middleware of `event_store::process::auth` on every
+//! table, read by the `authorize` middleware of `service::auth` on every
 //! request and by the test that walks every route with every kind of caller. A route
 //! missing here is refused to everyone, so a new admin action stays closed until it is
 //! listed.
 
 use axum::http::Method;
-use event_store::process::auth::{Access, Role};
+use service::auth::{Access, Role};
 
 /// Every admin route besides the operational ones (`OPS_ACCESS`), and the role it needs;
 /// `admin` passes every check.

@@ -38,8 +38,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use axum::{Router, middleware};
-use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
-use event_store::process::{self, CommonConfig, Readiness, StartupError};
+use service::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
+use service::{self, CommonConfig, Readiness, StartupError};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -150,7 +150,7 @@ impl AppState {
 /// is a route layer, so it knows the matched route and an unknown path is still a 404.
 pub fn app(state: AppState) -> Router {
     let pool = state.readiness.pool.clone();
-    process::ops_router(state.readiness)
+    service::ops_router(state.readiness)
         .merge(http::router(pool))
         .route_layer(middleware::from_fn_with_state(state.access, authorize))
 }
@@ -214,7 +214,7 @@ pub async fn run(
 }
 
 async fn connect(common: &CommonConfig) -> Result<PgPool, StartupError> {
-    process::database::connect_and_migrate(&common.database_url, common.database_max_connections).await
+    service::database::connect_and_migrate(&common.database_url, common.database_max_connections).await
 }
 
 async fn serve(
@@ -223,8 +223,8 @@ async fn serve(
     authenticator: Authenticator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let nats = process::nats::connect(&config.common.nats_url, "projector").await?;
-    let listener = process::serve::bind(&config.listen).await?;
+    let nats = service::nats::connect(&config.common.nats_url, "projector").await?;
+    let listener = service::serve::bind(&config.listen).await?;
     if let Err(error) = rebuild::clear_abandoned(&pool).await {
         tracing::warn!(error = %event_store::error_chain(&error), "could not clear abandoned rebuilds");
     }
@@ -232,7 +232,7 @@ async fn serve(
     let live = tokio::spawn(live::run(pool.clone(), nats.clone(), config.live(), stop.clone()));
     let refresher = tokio::spawn(refresh_status(pool.clone(), stop.clone()));
     let state = AppState::new(Readiness { pool, nats }, authenticator);
-    let served = process::serve::serve(listener, app(state), shutdown).await;
+    let served = service::serve::serve(listener, app(state), shutdown).await;
     stop.cancel();
     let _ = live.await;
     let _ = refresher.await;

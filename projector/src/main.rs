@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use event_store::process::{shutdown_signal, telemetry};
+use service::{shutdown_signal, telemetry};
 
 /// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
 #[global_allocator]

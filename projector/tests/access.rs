@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
-use event_store::process::Readiness;
-use event_store::process::auth::{Access, AuthConfig, AuthConfigError, Authenticator, OPS_ACCESS, Role};
-use event_store::testing::{CALLERS, access_entries};
 use projector::access::ACCESS;
 use projector::{AppState, Config, RunError, status};
 use serde_json::Value;
+use service::Readiness;
+use service::auth::{Access, AuthConfig, AuthConfigError, Authenticator, OPS_ACCESS, Role};
+use service::testing::{CALLERS, access_entries};
 use sqlx::PgPool;
 use tower::ServiceExt;
 

@@ -14,14 +14,14 @@ use domain::{
     decide_transfer,
 };
 use event_store::pii::{SEALED_PREFIX, Vault};
-use event_store::process::Readiness;
-use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::relay::{self, RelayConfig};
 use event_store::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StreamWrite};
 use projector::live::LiveConfig;
 use projector::projection::Projection;
 use projector::{AppState, rebuild, status};
 use serde_json::Value;
+use service::Readiness;
+use service::auth::{Authenticator, Role, mint_hs256};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinHandle;

@@ -1,11 +1,11 @@
 //! Who may call each route of the query API (API.md, "Security"): one table, read by the
-//! `authorize` middleware of `event_store::process::auth` on every request, by the
+//! `authorize` middleware of `service::auth` on every request, by the
 //! OpenAPI document (which operations need a bearer token, and which role), and by the
 //! test that walks every route with every kind of caller. A route missing here is
 //! refused to everyone, so a new query stays closed until it is listed.
 
 use axum::http::Method;
-use event_store::process::auth::{Access, Role};
+use service::auth::{Access, Role};
 
 /// Every route the query API serves besides the operational ones (`OPS_ACCESS`), and the
 /// role it needs; `admin` passes every check.

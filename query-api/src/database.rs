@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use event_store::process::database::pool_options;
+use service::database::pool_options;
 
 /// The role the query API logs in as.
 pub const READER_ROLE: &str = "eventledger_reader";

@@ -41,8 +41,8 @@ use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use event_store::pii::{PiiConfig, PiiConfigError, Vault};
-use event_store::process::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
-use event_store::process::{self, CommonConfig, HttpLimits, Readiness, StartupError};
+use service::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
+use service::{self, CommonConfig, HttpLimits, Readiness, StartupError};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,7 @@ pub struct Config {
     /// Most live tails (`GET /audit/events/live`) open at once; past it a new one is 503.
     /// They are exempt from the request timeout, so this is their bound.
     #[arg(long, env = "QUERY_API_MAX_LIVE_TAILS", default_value_t = live::MAX_LIVE_TAILS,
-          value_parser = process::limits::parse_positive)]
+          value_parser = service::limits::parse_positive)]
     pub max_live_tails: usize,
 
     /// PostgreSQL URL the queries run with: a role that may only read. Defaults to
@@ -191,7 +191,7 @@ pub fn app(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .merge(process::ops_router(state.readiness.clone()))
+        .merge(service::ops_router(state.readiness.clone()))
         .route_layer(middleware::from_fn_with_state(control, authorize))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -223,7 +223,7 @@ pub async fn start(
     // a slot from the requests.
     let listener_pool = PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(process::database::ACQUIRE_TIMEOUT)
+        .acquire_timeout(service::database::ACQUIRE_TIMEOUT)
         .connect_lazy_with(reader_options);
     tokio::spawn(progress::run_listener(
         progress.clone(),
@@ -259,13 +259,13 @@ pub async fn run(
     let authenticator = Authenticator::from_config(&config.auth)?;
     let vault = Vault::from_config(&config.pii, config.auth.insecure_development_auth)?;
     // Migrations need the owner; nothing else in this process does.
-    let owner = process::database::connect_and_migrate(&config.common.database_url, 1).await?;
+    let owner = service::database::connect_and_migrate(&config.common.database_url, 1).await?;
     owner.close().await;
     let reader_options =
         database::reader_options(&config.common.database_url, config.reader_database_url.as_deref())
             .map_err(RunError::Reader)?;
-    let nats = process::nats::connect(&config.common.nats_url, "query-api").await?;
-    let listener = process::serve::bind(&config.listen).await?;
+    let nats = service::nats::connect(&config.common.nats_url, "query-api").await?;
+    let listener = service::serve::bind(&config.listen).await?;
     let stop = CancellationToken::new();
     let state = start(
         reader_options,
@@ -299,8 +299,8 @@ pub async fn serve_limited(
     limits: &HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = process::limits::apply(app(state), limits, UNTIMED_PATHS);
-    process::serve::serve_with(listener, router, limits.header_read_timeout(), shutdown).await
+    let router = service::limits::apply(app(state), limits, UNTIMED_PATHS);
+    service::serve::serve_with(listener, router, limits.header_read_timeout(), shutdown).await
 }
 
 /// Serves [`app`] on `listener` until `shutdown`, for embedding (the benchmark).
@@ -309,5 +309,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    process::serve::serve(listener, app(state), shutdown).await
+    service::serve::serve(listener, app(state), shutdown).await
 }

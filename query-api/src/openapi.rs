@@ -4,8 +4,8 @@
 //! bearer scheme and, from [`crate::access::ACCESS`], the role each operation needs.
 
 use chrono::{DateTime, Utc};
-use event_store::process::openapi;
 use serde::Serialize;
+use service::openapi;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 

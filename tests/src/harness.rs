@@ -267,8 +267,8 @@ impl System {
     }
 
     /// A token for `subject` with `roles`, valid for an hour, that every process accepts.
-    pub fn token(subject: &str, roles: &[event_store::process::auth::Role]) -> anyhow::Result<String> {
-        Ok(event_store::process::auth::mint_hs256(
+    pub fn token(subject: &str, roles: &[service::auth::Role]) -> anyhow::Result<String> {
+        Ok(service::auth::mint_hs256(
             TEST_AUTH_SECRET.as_bytes(),
             subject,
             roles,

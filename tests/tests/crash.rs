@@ -26,10 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use async_nats::jetstream::{self, consumer::pull};
-use event_store::process::auth::Role;
 use event_store::relay::POSITION_HEADER;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use service::auth::Role;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tests::harness::{Binary, System};

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use event_store::process::auth::Role;
 use serde_json::{Value, json};
+use service::auth::Role;
 use tests::harness::{Binary, System};
 
 /// The subject of the test's token, and so the actor of every event it causes.

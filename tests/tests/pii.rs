@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use event_store::process::auth::Role;
 use serde_json::{Value, json};
+use service::auth::Role;
 use tests::harness::{Binary, System};
 use uuid::Uuid;
 

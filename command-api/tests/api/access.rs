@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use command_api::access::{ACCESS, MAX_ACTOR_CHARS};
 use command_api::{Config, RunError};
-use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
-use event_store::testing::{CALLERS, Caller, access_entries};
 use serde_json::{Value, json};
+use service::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
+use service::testing::{CALLERS, Caller, access_entries};
 use sqlx::PgPool;
 use uuid::Uuid;
 

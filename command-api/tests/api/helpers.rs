@@ -7,10 +7,10 @@ use std::time::Duration;
 use command_api::committer::CommitterSettings;
 use command_api::{AppState, app};
 use event_store::EventStore;
-use event_store::process::auth::{Authenticator, Role, mint_hs256};
-use event_store::process::{self, HttpLimits, Readiness};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
+use service::auth::{Authenticator, Role, mint_hs256};
+use service::{self, HttpLimits, Readiness};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -88,9 +88,9 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
     let address = format!("http://{}", listener.local_addr().expect("local address"));
     // Served as `run` serves it: within the production HTTP limits.
     let limits = HttpLimits::default();
-    let router = process::limits::apply(app(state), &limits, &[]);
+    let router = service::limits::apply(app(state), &limits, &[]);
     let server = tokio::spawn(async move {
-        process::serve::serve_with(
+        service::serve::serve_with(
             listener,
             router,
             limits.header_read_timeout(),

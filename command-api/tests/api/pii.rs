@@ -5,8 +5,8 @@
 //! idempotently.
 
 use domain::{SealedOwner, StreamRef};
-use event_store::process::auth::Role;
 use serde_json::{Value, json};
+use service::auth::Role;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -187,7 +187,7 @@ async fn run_refuses_to_start_without_a_usable_master_key_outside_development_mo
     use clap::Parser;
     use command_api::{Config, RunError};
     use event_store::pii::{PiiConfig, PiiConfigError};
-    use event_store::process::auth::AuthConfig;
+    use service::auth::AuthConfig;
 
     for (master_key, refused_for_lack) in [(None, true), (Some("c2hvcnQ=".to_owned()), false)] {
         let mut config = Config::try_parse_from(["command-api", "--listen", "127.0.0.1:0"]).expect("config");

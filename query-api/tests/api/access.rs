@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 
 use domain::AccountId;
 use event_store::ExpectedVersion;
-use event_store::process::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
-use event_store::testing::{CALLERS, Caller, access_entries};
 use query_api::access::ACCESS;
 use query_api::{Config, RunError};
 use serde_json::{Value, json};
+use service::auth::{Access, AuthConfig, AuthConfigError, OPS_ACCESS, Role};
+use service::testing::{CALLERS, Caller, access_entries};
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::{AccountEvent, AccountId, Amount, Currency, OverdraftLimit, Owner, SealedOwner};
 use event_store::pii::{self, Vault, WrappedKey};
-use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use event_store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use query_api::database::{READER_ROLE, restrict};
 use query_api::progress::PROJECTED_CHANNEL;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use service::auth::{Authenticator, Role, mint_hs256};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -80,7 +80,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
             .password(""),
     );
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let nats = event_store::process::nats::connect(&nats_url, "query-api-test")
+    let nats = service::nats::connect(&nats_url, "query-api-test")
         .await
         .expect("NATS client");
     let stop = CancellationToken::new();

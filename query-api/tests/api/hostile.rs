@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use domain::AccountId;
 use event_store::ExpectedVersion;
-use event_store::process::HttpLimits;
 use query_api::live::LiveTails;
+use service::HttpLimits;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use event_store::process::auth::{Role, mint_hs256};
 use serde_json::json;
+use service::auth::{Role, mint_hs256};
 use tests::bench::{
     BenchDatabase, BenchNats, LatencyRun, SERVICE_START_LIMIT, free_port, jetstream_publish_rate, machine,
     plain_insert_commit_rate, rate_with_latency, wait_for_port,

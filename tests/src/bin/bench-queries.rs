@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use event_store::process::auth::{Authenticator, Role, mint_hs256};
 use hdrhistogram::Histogram;
 use reqwest::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
+use service::auth::{Authenticator, Role, mint_hs256};
 use tests::bench::{BenchDatabase, machine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -419,7 +419,7 @@ async fn main() -> anyhow::Result<()> {
     settle(&database).await?;
 
     let reader = query_api::database::reader_options(&database.url, None)?;
-    let nats = event_store::process::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
+    let nats = service::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
     let stop = CancellationToken::new();
     let authenticator = Authenticator::hs256(BENCH_AUTH_SECRET.as_bytes());
     let state = query_api::start(reader, args.pool_size, nats, authenticator, vault, stop.clone()).await?;

@@ -25,9 +25,9 @@ use tokio::task::JoinSet;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use event_store::process::auth::Role;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use service::auth::Role;
 use tests::bench::{
     BenchDatabase, LatencyRun, jetstream_publish_rate, machine, plain_insert_commit_rate, rate_with_latency,
 };

@@ -62,6 +62,6 @@ pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPo
         .connect(url)
         .await
         .map_err(StartupError::Database)?;
-    crate::MIGRATOR.run(&pool).await?;
+    event_store::MIGRATOR.run(&pool).await?;
     Ok(pool)
 }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::routing::get;
-use event_store::process::limits::{self, HttpLimits, MAX_HEADER_BYTES};
-use event_store::process::serve;
 use serde_json::Value;
+use service::limits::{self, HttpLimits, MAX_HEADER_BYTES};
+use service::serve;
 use tokio::sync::{Notify, oneshot};
 
 /// A router with a route that sleeps, one that waits until released, and a stream.

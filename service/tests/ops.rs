@@ -4,8 +4,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use event_store::process::{self, Readiness};
 use http_body_util::BodyExt;
+use service::{self, Readiness};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
@@ -29,11 +29,11 @@ async fn get(router: axum::Router, path: &str) -> (StatusCode, String, String) {
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn a_process_with_its_database_and_nats_reachable_is_ready(pool: PgPool) {
-    let nats = process::nats::connect(NATS_URL, "process-test")
+    let nats = service::nats::connect(NATS_URL, "process-test")
         .await
         .expect("nats");
     nats.flush().await.expect("connected");
-    let router = process::ops_router(Readiness { pool, nats });
+    let router = service::ops_router(Readiness { pool, nats });
 
     let (status, _, body) = get(router.clone(), "/healthz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -54,10 +54,10 @@ async fn a_process_with_its_database_and_nats_reachable_is_ready(pool: PgPool) {
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn a_process_whose_nats_is_unreachable_is_alive_but_not_ready(pool: PgPool) {
     // Nothing listens on port 1; the client keeps retrying in the background.
-    let nats = process::nats::connect("nats://127.0.0.1:1", "process-test")
+    let nats = service::nats::connect("nats://127.0.0.1:1", "process-test")
         .await
         .expect("client");
-    let router = process::ops_router(Readiness { pool, nats });
+    let router = service::ops_router(Readiness { pool, nats });
 
     let (status, _, _) = get(router.clone(), "/healthz").await;
     assert_eq!(status, StatusCode::OK);
@@ -72,12 +72,12 @@ async fn a_process_whose_nats_is_unreachable_is_alive_but_not_ready(pool: PgPool
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn a_process_whose_database_is_unreachable_is_not_ready(pool: PgPool) {
-    let nats = process::nats::connect(NATS_URL, "process-test")
+    let nats = service::nats::connect(NATS_URL, "process-test")
         .await
         .expect("nats");
     nats.flush().await.expect("connected");
     pool.close().await;
-    let (status, _, body) = get(process::ops_router(Readiness { pool, nats }), "/readyz").await;
+    let (status, _, body) = get(service::ops_router(Readiness { pool, nats }), "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains(r#""database":"unreachable""#), "{body}");
 }
@@ -93,7 +93,7 @@ async fn a_missing_database_is_created_and_migrated_on_start() {
     let url = format!("{base}/eventledger_start_{}", uuid::Uuid::now_v7().simple());
     assert!(!sqlx::Postgres::database_exists(&url).await.expect("check"));
 
-    let pool = process::database::connect_and_migrate(&url, 2)
+    let pool = service::database::connect_and_migrate(&url, 2)
         .await
         .expect("start");
     let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
@@ -102,7 +102,7 @@ async fn a_missing_database_is_created_and_migrated_on_start() {
         .expect("head");
     assert_eq!(head, 0);
     // A second start finds everything in place.
-    let again = process::database::connect_and_migrate(&url, 2)
+    let again = service::database::connect_and_migrate(&url, 2)
         .await
         .expect("restart");
     again.close().await;

@@ -13,6 +13,8 @@ pub mod ops;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{CommonConfig, LogFormat};
 pub use limits::HttpLimits;

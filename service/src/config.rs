@@ -23,11 +23,11 @@ pub struct CommonConfig {
 
     /// The JetStream stream that carries the events (API.md: `LEDGER_EVENTS`). Tests and
     /// side-by-side deployments give each system its own.
-    #[arg(long, env = "EVENTS_STREAM", default_value = crate::relay::STREAM_NAME)]
+    #[arg(long, env = "EVENTS_STREAM", default_value = event_store::relay::STREAM_NAME)]
     pub events_stream: String,
 
     /// Subjects are `<prefix>.<stream category>.<uuid>` (API.md: `ledger.events`).
-    #[arg(long, env = "EVENTS_SUBJECT_PREFIX", default_value = crate::relay::SUBJECT_PREFIX)]
+    #[arg(long, env = "EVENTS_SUBJECT_PREFIX", default_value = event_store::relay::SUBJECT_PREFIX)]
     pub events_subject_prefix: String,
 
     /// Log lines as human-readable text or as one JSON object per line. The level is
@@ -45,11 +45,11 @@ pub enum LogFormat {
 
 impl CommonConfig {
     /// The relay's settings for this process's stream and subject prefix.
-    pub fn relay_config(&self, name: impl Into<String>) -> crate::relay::RelayConfig {
-        crate::relay::RelayConfig {
+    pub fn relay_config(&self, name: impl Into<String>) -> event_store::relay::RelayConfig {
+        event_store::relay::RelayConfig {
             stream_name: self.events_stream.clone(),
             subject_prefix: self.events_subject_prefix.clone(),
-            ..crate::relay::RelayConfig::new(name)
+            ..event_store::relay::RelayConfig::new(name)
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::json;
 
-use crate::process::auth::{Role, mint_hs256};
+use crate::auth::{Role, mint_hs256};
 
 /// Every kind of caller a route may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

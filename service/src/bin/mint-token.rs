@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use event_store::process::auth::{self, Role};
+use service::auth::{self, Role};
 
 #[derive(Parser)]
 #[command(
