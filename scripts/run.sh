@@ -40,9 +40,14 @@ if [ -z "${AUTH_JWT_SECRET:-}" ] && [ -z "${AUTH_JWT_PUBLIC_KEY:-}" ]; then
   export EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH=true
 fi
 
-cargo build --release --locked -p command-api -p projector -p query-api -p service --bin mint-token
+# Exactly the build scripts/test.sh starts with (same profile, same package selection,
+# so the same features): switching between the two rebuilds nothing that did not change.
+# A `-p` selection or `--release` here would resolve other features or another profile
+# and rebuild most dependencies after every test run. Dependencies are optimised in the
+# dev profile too (Cargo.toml), so the debug binaries serve a developer's load well.
+cargo build --workspace --bins --locked
 
-bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/debug
 log_dir="$root/.local/logs"
 mkdir -p "$log_dir"
 started=()
@@ -71,7 +76,7 @@ done
 if [ -n "${EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH:-}" ]; then
   token=$("$bin_dir/mint-token" --development --subject developer --role admin)
 else
-  token=$("$bin_dir/mint-token" --subject developer --role admin 2>/dev/null || echo "<mint one with target/release/mint-token>")
+  token=$("$bin_dir/mint-token" --subject developer --role admin 2>/dev/null || echo "<mint one with target/debug/mint-token>")
 fi
 # One demo command: prints its status line, never stops the run (the demo may exist).
 demo() {
