@@ -90,13 +90,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Whether `subject` can be stored as an actor: 1 to [`MAX_ACTOR_CHARS`] characters and no
-/// control characters (PostgreSQL refuses NUL in `text` and `jsonb`, and the audit log
-/// should not carry invisible ones). A validly signed token with another `sub` is still
-/// not one this service can record, so it is refused as invalid.
+/// Whether `subject` can be stored as an actor: 1 to [`MAX_ACTOR_CHARS`] characters, none
+/// refused by the ledger's text rule (`domain::text::is_refused_char`: PostgreSQL refuses
+/// NUL in `text` and `jsonb`, and the audit log must not carry control, format or
+/// invisible characters that make two actors look alike). A validly signed token with
+/// another `sub` is still not one this service can record, so it is refused as invalid.
 pub fn is_recordable_actor(subject: &str) -> bool {
     let chars = subject.chars().count();
-    (1..=MAX_ACTOR_CHARS).contains(&chars) && !subject.chars().any(char::is_control)
+    (1..=MAX_ACTOR_CHARS).contains(&chars) && domain::text::first_refused_char(subject).is_none()
 }
 
 #[cfg(test)]
@@ -111,5 +112,14 @@ mod tests {
         assert!(!is_recordable_actor(&"a".repeat(MAX_ACTOR_CHARS + 1)));
         assert!(!is_recordable_actor("nul\0inside"));
         assert!(!is_recordable_actor("line\nbreak"));
+        for invisible in [
+            "alice\u{00AD}",
+            "al\u{200B}ice",
+            "\u{202E}ecila",
+            "alice\u{E000}",
+            "a\u{3164}",
+        ] {
+            assert!(!is_recordable_actor(invisible), "{invisible:?}");
+        }
     }
 }

@@ -46,6 +46,7 @@ use crate::cache::{ACCOUNT_CACHE_CAPACITY, AccountCache, CachedAccount};
 use crate::dto::{AccountCommandResponse, TransferResponse};
 use crate::error::ApiError;
 use crate::idempotency::{self, KeyClaim, KeyRow, KeyScope, StoredKey, StoredResponse};
+use crate::preconditions::Preconditions;
 
 /// Commands waiting for the committer. At the measured 5-10k commands/s of one batching
 /// committer this is under a second of work: enough to absorb bursts, small enough that a
@@ -71,11 +72,11 @@ pub const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a client asks, in domain terms.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// A command on one account; `if_match` is the version the client expects.
+    /// A command on one account, under the client's `If-Match`/`If-None-Match`.
     Account {
         account_id: AccountId,
         command: AccountCommand,
-        if_match: Option<u64>,
+        preconditions: Preconditions,
     },
     /// Money between two accounts: three streams, one atomic append.
     Transfer(TransferCommand),
@@ -140,11 +141,11 @@ enum Verdict {
     Committed(StoredResponse),
     AlreadyStored(StoredKey),
     Refused(ApiError),
-    /// If-Match named another version than the cached one; the handler reloads once to
-    /// rule out a stale cache before answering 412.
+    /// The preconditions do not hold for the cached version (`None`: no account); the
+    /// handler reloads once to rule out a stale cache before answering 412.
     PreconditionFailed {
-        expected: u64,
-        actual: u64,
+        expected: Option<u64>,
+        actual: Option<u64>,
     },
     /// The cache lacks an account the command needs, or another writer changed one of its
     /// streams (the entry is evicted): reload and submit again.
@@ -621,7 +622,7 @@ fn decide_one(
         Command::Account {
             account_id,
             command,
-            if_match,
+            preconditions,
         } => {
             let cached = current(account_id, overlay);
             let created = matches!(command, AccountCommand::Open { .. });
@@ -629,12 +630,11 @@ fn decide_one(
                 return Err(Verdict::Reload);
             }
             let version = cached.as_ref().map_or(0, |cached| cached.version);
-            if let Some(expected) = if_match
-                && *expected != version
-            {
+            let existing = cached.as_ref().map(|cached| cached.version);
+            if !preconditions.hold(existing) {
                 return Err(Verdict::PreconditionFailed {
-                    expected: *expected,
-                    actual: version,
+                    expected: preconditions.expected_version(),
+                    actual: existing,
                 });
             }
             let state = cached.map(|cached| cached.state);

@@ -33,7 +33,7 @@ pub struct OpenAccountBody {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyBody {
-    /// Minor units, > 0 and <= 10^18.
+    /// Minor units, > 0 and <= 10^15 (`domain::Amount::MAX_MINOR_UNITS`).
     pub amount: i64,
     /// Free text for the statement, at most 140 characters.
     pub reference: Option<String>,
@@ -47,7 +47,7 @@ pub struct TransferBody {
     pub transfer_id: Option<Uuid>,
     pub from_account_id: Uuid,
     pub to_account_id: Uuid,
-    /// Minor units, > 0 and <= 10^18.
+    /// Minor units, > 0 and <= 10^15 (`domain::Amount::MAX_MINOR_UNITS`).
     pub amount: i64,
     /// Free text for both statements, at most 140 characters.
     pub reference: Option<String>,

@@ -49,9 +49,13 @@ pub enum ApiError {
     /// 404 `account-not-found`: a path names an account that does not exist.
     #[error("account {0} not found")]
     AccountNotFound(String),
-    /// 412 `version-conflict`: `If-Match` named another version than the account's.
-    #[error("the account is at version {actual}, not {expected}")]
-    PreconditionFailed { expected: u64, actual: u64 },
+    /// 412 `version-conflict`: `If-Match` or `If-None-Match` does not hold for the
+    /// account's current version (`actual`; `None`: the account does not exist).
+    #[error("{}", precondition_detail(.expected, .actual))]
+    PreconditionFailed {
+        expected: Option<u64>,
+        actual: Option<u64>,
+    },
     /// 409 `concurrent-modification`: other writers kept changing the streams while the
     /// command was retried its bounded number of times.
     #[error("the streams kept changing under the command; retry")]
@@ -86,6 +90,17 @@ pub enum ApiError {
     /// 500 `internal`: a bug (a panic, a broken invariant). Never caused by input alone.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn precondition_detail(expected: &Option<u64>, actual: &Option<u64>) -> String {
+    let current = match actual {
+        Some(version) => format!("the account is at version {version}"),
+        None => "the account does not exist".to_owned(),
+    };
+    match expected {
+        Some(version) => format!("{current}, not {version}"),
+        None => format!("{current}, and the request's If-Match or If-None-Match does not hold"),
+    }
 }
 
 impl From<DomainError> for ApiError {
@@ -140,6 +155,30 @@ impl ApiError {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// Whether this refusal is stored under the request's `Idempotency-Key` and replayed
+    /// to a retry (API.md, "Idempotency-Key"): only the domain's decisions (404
+    /// `account-not-found` and the 422s of its rules), because a retry of the same
+    /// command must get the same outcome even after the state has changed (a withdrawal
+    /// refused for want of funds must not go through once money arrives). Malformed
+    /// requests, auth, 409, 412 and 503 are not: the client may fix them and retry.
+    pub fn is_stored_under_key(&self) -> bool {
+        match self {
+            Self::Domain(error) => !matches!(error, DomainError::AccountStateMismatch { .. }),
+            Self::AccountNotFound(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The problem document this error answers, as the body [`IntoResponse`] sends.
+    pub fn problem_body(&self) -> Value {
+        Value::Object(problem_document(
+            self.status(),
+            self.code(),
+            &self.detail(),
+            self.extensions(),
+        ))
     }
 
     /// Fields beside `type`, `title`, `status` and `detail` that let a program act
@@ -200,13 +239,13 @@ fn domain_status(error: &DomainError) -> StatusCode {
     }
 }
 
-/// A problem document as a response, for errors raised outside [`ApiError`] too.
-pub fn problem_response(
+/// The RFC 9457 problem document: `type`, `title`, `status`, `detail` and `extensions`.
+fn problem_document(
     status: StatusCode,
     code: &str,
     detail: &str,
     extensions: Map<String, Value>,
-) -> Response {
+) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("type".into(), json!(format!("{PROBLEM_BASE}{code}")));
     body.insert(
@@ -216,6 +255,17 @@ pub fn problem_response(
     body.insert("status".into(), json!(status.as_u16()));
     body.insert("detail".into(), json!(detail));
     body.extend(extensions);
+    body
+}
+
+/// A problem document as a response, for errors raised outside [`ApiError`] too.
+pub fn problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    extensions: Map<String, Value>,
+) -> Response {
+    let body = problem_document(status, code, detail, extensions);
     let mut response = (
         status,
         [(

@@ -6,7 +6,7 @@
 //!   (unknown fields refused by the request types, a key given twice refused here), and
 //!   kept in a canonical form for the idempotency fingerprint.
 //! - [`CommandHeaders`]: `X-Correlation-Id`, `Idempotency-Key`, `If-Match` and
-//!   `traceparent`.
+//!   `If-None-Match` (read by [`crate::preconditions`]) and `traceparent`.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -17,6 +17,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::correlation::CorrelationId;
 use crate::error::ApiError;
+use crate::preconditions::Preconditions;
 
 /// The largest body accepted, in bytes (API.md: over 64 KiB is 413). The largest real
 /// command (an account with a 200-character name and a 254-character email) is well
@@ -198,9 +199,8 @@ pub struct CommandHeaders {
     pub correlation_id: String,
     /// The client's `Idempotency-Key`, checked for length and characters.
     pub idempotency_key: Option<String>,
-    /// `If-Match: "<n>"`: the account version the client expects; `None` for no header
-    /// or `*` (any current version).
-    pub if_match: Option<u64>,
+    /// `If-Match` and `If-None-Match`.
+    pub preconditions: Preconditions,
     pub traceparent: Option<String>,
 }
 
@@ -228,16 +228,16 @@ impl CommandHeaders {
         if let Some(key) = &idempotency_key {
             check_printable("Idempotency-Key", key, MAX_IDEMPOTENCY_KEY_CHARS)?;
         }
-        let if_match = match text_header(headers, header::IF_MATCH.as_str(), "If-Match")? {
-            None => None,
-            Some(value) => parse_if_match(&value)?,
-        };
-        let traceparent = text_header(headers, TRACEPARENT_HEADER, "traceparent")?
-            .filter(|value| value.len() <= MAX_TRACEPARENT_CHARS);
+        let preconditions = Preconditions::parse(headers)?;
+        // W3C Trace Context: an invalid `traceparent` is ignored, not refused; only
+        // printable ASCII of bounded length is kept in the events' metadata.
+        let traceparent = text_header(headers, TRACEPARENT_HEADER, "traceparent")?.filter(|value| {
+            value.len() <= MAX_TRACEPARENT_CHARS && value.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
+        });
         Ok(Self {
             correlation_id,
             idempotency_key,
-            if_match,
+            preconditions,
             traceparent,
         })
     }
@@ -273,24 +273,6 @@ fn check_printable(display: &'static str, value: &str, max_chars: usize) -> Resu
         });
     }
     Ok(())
-}
-
-/// `"<n>"` (the `ETag` this API sends) or `*`. A weak tag never matches under the strong
-/// comparison `If-Match` uses (RFC 9110), so it is refused as a malformed precondition.
-fn parse_if_match(value: &str) -> Result<Option<u64>, ApiError> {
-    let value = value.trim();
-    if value == "*" {
-        return Ok(None);
-    }
-    value
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .and_then(|digits| digits.parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| ApiError::InvalidHeader {
-            header: "If-Match",
-            message: "must be a quoted stream version as sent in ETag, for example \"3\"".to_owned(),
-        })
 }
 
 #[cfg(test)]
@@ -405,14 +387,6 @@ mod tests {
         assert!(is_json_media_type("application/json; charset=utf-8"));
         assert!(is_json_media_type("application/merge-patch+json"));
         assert!(!is_json_media_type("text/plain"));
-    }
-
-    #[test]
-    fn if_match_reads_a_quoted_version_or_a_star() {
-        assert_eq!(parse_if_match("\"7\"").expect("valid If-Match"), Some(7));
-        assert_eq!(parse_if_match("*").expect("valid If-Match"), None);
-        assert!(parse_if_match("7").is_err());
-        assert!(parse_if_match("W/\"7\"").is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, Result};
 use crate::extract::{CommandHeaders, JsonBody};
-use crate::idempotency::{self, KeyClaim, KeyScope, StoredKey};
+use crate::idempotency::{self, KeyClaim, KeyScope, StoredKey, StoredResponse};
 
 /// Open an account.
 #[utoipa::path(
@@ -71,8 +71,9 @@ pub async fn open_account(
             currency,
             overdraft_limit,
         },
-        // An account that does not exist has no version to match.
-        if_match: None,
+        // The account to open has no version yet: `If-Match` cannot hold, and
+        // `If-None-Match: *` asks that it not exist (the preconditions module).
+        preconditions: request.headers.preconditions.clone(),
     };
     request.run(command, &canonical, Some(wrapped_key)).await
 }
@@ -213,6 +214,15 @@ pub async fn transfer(
     request: CommandRequest,
     JsonBody { value, canonical }: JsonBody<TransferBody>,
 ) -> Result<Response> {
+    // A transfer is a new resource that never changes: there is no current version an
+    // `If-Match` could name (If-None-Match: `*` is what a transfer id guarantees anyway).
+    let preconditions = &request.headers.preconditions;
+    if preconditions.if_match.is_some() {
+        return Err(ApiError::PreconditionFailed {
+            expected: preconditions.expected_version(),
+            actual: None,
+        });
+    }
     let command = TransferCommand {
         id: value
             .transfer_id
@@ -298,7 +308,7 @@ impl AccountRequest {
         let command = Command::Account {
             account_id: self.account_id,
             command,
-            if_match: self.command.headers.if_match,
+            preconditions: self.command.headers.preconditions.clone(),
         };
         self.command.run(command, canonical, None).await
     }
@@ -361,9 +371,26 @@ impl CommandRequest {
             idempotency: Some(claim.clone()),
             data_key,
         };
-        match state.commands.execute(submission).await? {
-            Executed::Committed(response) => Ok(response.to_response(false)),
-            Executed::AlreadyStored(stored) => replay(&claim, stored),
+        match state.commands.execute(submission).await {
+            Ok(Executed::Committed(response)) => Ok(response.to_response(false)),
+            Ok(Executed::AlreadyStored(stored)) => replay(&claim, stored),
+            Err(refusal) if refusal.is_stored_under_key() => {
+                let response = StoredResponse {
+                    status: refusal.status().as_u16(),
+                    body: refusal.problem_body(),
+                    headers: Vec::new(),
+                };
+                let stored = idempotency::store_refusal(state.commands.pool(), &claim, &response)
+                    .await
+                    .map_err(ApiError::Unavailable)?;
+                // What another instance stored first wins; ours is answered as sent.
+                if stored.response == response {
+                    Ok(response.to_response(false))
+                } else {
+                    replay(&claim, stored)
+                }
+            }
+            Err(other) => Err(other),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use event_store::StoreError;
 use serde_json::Value;
@@ -56,6 +56,13 @@ impl StoredResponse {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
         let mut response = (status, axum::Json(self.body.clone())).into_response();
         let headers = response.headers_mut();
+        // A stored refusal is a problem document (RFC 9457), as when first sent.
+        if status.is_client_error() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+        }
         for (name, value) in &self.headers {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::try_from(name.as_str()),
@@ -210,6 +217,43 @@ pub async fn insert_in(connection: &mut PgConnection, rows: &[KeyRow<'_>]) -> Re
 }
 
 /// Deletes keys older than [`KEY_RETENTION`]; returns how many went.
+/// Stores a refusal of the domain under `claim` (no events, so no position) and returns
+/// what is now stored under the key: this refusal, or the answer another instance stored
+/// first. Takes the event store's head lock, as the committer does before it looks keys
+/// up, so a key row can never appear between a committer's look-up and its insert (which
+/// would fail that whole group commit).
+#[instrument(skip_all)]
+pub async fn store_refusal(
+    pool: &PgPool,
+    claim: &KeyClaim,
+    response: &StoredResponse,
+) -> Result<StoredKey, StoreError> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT position FROM event_store_head FOR UPDATE")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(
+        "INSERT INTO idempotency_keys \
+             (actor, idempotency_key, request_hash, response_status, response_body, response_headers, position) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL) ON CONFLICT (actor, idempotency_key) DO NOTHING",
+    )
+    .bind(&claim.scope.actor)
+    .bind(&claim.scope.key)
+    .bind(&claim.request_hash)
+    .bind(response.status as i16)
+    .bind(&response.body)
+    .bind(response.headers_json())
+    .execute(&mut *transaction)
+    .await?;
+    let stored = find_in(&mut transaction, std::slice::from_ref(&claim.scope))
+        .await?
+        .remove(&claim.scope)
+        // Inserted or already there, under the lock: it is there.
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    transaction.commit().await?;
+    Ok(stored)
+}
+
 #[instrument(skip_all)]
 pub async fn purge_expired(pool: &PgPool) -> Result<u64, StoreError> {
     let retention_seconds = KEY_RETENTION.as_secs_f64();

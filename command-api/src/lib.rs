@@ -18,6 +18,7 @@
 //! - [`idempotency`]: `Idempotency-Key` storage, replay and purge.
 //! - [`error`]: every failure as an `application/problem+json` answer.
 //! - [`openapi`]: the document at `GET /openapi.json`.
+//! - [`preconditions`]: `If-Match` and `If-None-Match` against an account's version.
 
 pub mod access;
 pub mod cache;
@@ -30,6 +31,7 @@ pub mod extract;
 pub mod handlers;
 pub mod idempotency;
 pub mod openapi;
+pub mod preconditions;
 
 use std::any::Any;
 use std::future::Future;
@@ -178,7 +180,7 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(handlers::transfer))
         .split_for_parts();
     openapi::complete(&mut document);
-    let document = Arc::new(document);
+    let document = Arc::new(openapi::bounded(&document));
     commands
         .with_state(state)
         .route(

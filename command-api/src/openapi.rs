@@ -3,8 +3,9 @@
 //! The command routes and their operations come from one declaration
 //! (`utoipa_axum::routes!` in [`crate::app`]), so the router and the document cannot
 //! drift. What every command shares (its headers, its error answers) is added here once
-//! rather than repeated on each handler; the operational endpoints, which live in the
-//! shared `event-store::process` module, are described here by hand. The bearer scheme,
+//! rather than repeated on each handler; the operational endpoints, which live in
+//! `service::ops`, are described here by hand. Every bound the server enforces is
+//! written into the served document from the constant that enforces it ([`bounded`]). The bearer scheme,
 //! and the role each operation needs, come from [`crate::access::ACCESS`].
 
 use service::openapi::{self, problem_response};
@@ -36,7 +37,10 @@ const COMMAND_ERRORS: &[(&str, &str)] = &[
         "409",
         "The same Idempotency-Key is in flight, or other writers kept changing the streams",
     ),
-    ("412", "If-Match names another version than the account's"),
+    (
+        "412",
+        "If-Match or If-None-Match does not hold for the account's current version (or its absence)",
+    ),
     ("413", "The body is over 64 KiB"),
     ("415", "The body is not application/json"),
     (
@@ -49,14 +53,68 @@ const COMMAND_ERRORS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every bound the command API enforces on a body field, from the constant that enforces
+/// it: (component schema, property, JSON Schema keywords).
+pub fn body_bounds() -> openapi::PlacedBounds {
+    use domain::{Amount, Email, OwnerName, Reason, Reference};
+    let amount = || vec![("minimum", 1), ("maximum", Amount::MAX_MINOR_UNITS)];
+    let text = |max: usize| vec![("minLength", 1), ("maxLength", max as i64)];
+    vec![
+        ("MoneyBody", "amount", amount()),
+        ("TransferBody", "amount", amount()),
+        (
+            "OpenAccountBody",
+            "overdraft_limit",
+            vec![("minimum", 0), ("maximum", Amount::MAX_MINOR_UNITS)],
+        ),
+        ("MoneyBody", "reference", text(Reference::MAX_CHARS)),
+        ("TransferBody", "reference", text(Reference::MAX_CHARS)),
+        ("ReasonBody", "reason", text(Reason::MAX_CHARS)),
+        ("OwnerBody", "name", text(OwnerName::MAX_CHARS)),
+        ("OwnerBody", "email", text(Email::MAX_CHARS)),
+    ]
+}
+
+/// Every bound the command API enforces on a header, from its constant.
+pub fn header_bounds() -> Vec<(&'static str, openapi::BoundList)> {
+    use crate::extract::{MAX_CORRELATION_ID_CHARS, MAX_IDEMPOTENCY_KEY_CHARS};
+    use crate::preconditions::MAX_PRECONDITION_BYTES;
+    vec![
+        (
+            "Idempotency-Key",
+            vec![("minLength", 1), ("maxLength", MAX_IDEMPOTENCY_KEY_CHARS as i64)],
+        ),
+        (
+            "X-Correlation-Id",
+            vec![("minLength", 1), ("maxLength", MAX_CORRELATION_ID_CHARS as i64)],
+        ),
+        ("If-Match", vec![("maxLength", MAX_PRECONDITION_BYTES as i64)]),
+        (
+            "If-None-Match",
+            vec![("maxLength", MAX_PRECONDITION_BYTES as i64)],
+        ),
+    ]
+}
+
+/// The document as served: `document` with [`body_bounds`] and [`header_bounds`]
+/// written in, so that it states exactly what the server enforces.
+pub fn bounded(document: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut document = serde_json::to_value(document).unwrap_or_default();
+    for (schema, property, bounds) in body_bounds() {
+        openapi::bound_property(&mut document, schema, property, &bounds);
+    }
+    for (header, bounds) in header_bounds() {
+        openapi::bound_parameter(&mut document, "header", header, &bounds);
+    }
+    document
+}
+
 /// Adds the shared headers and error answers to every command operation, the bearer
 /// scheme and each operation's role, and the operational endpoints.
 pub fn complete(document: &mut utoipa::openapi::OpenApi) {
-    for (path, item) in document.paths.paths.iter_mut() {
-        // `If-Match` names an account's version, so only commands on one account take it.
-        let on_one_account = path.contains("{id}");
+    for item in document.paths.paths.values_mut() {
         for operation in [&mut item.post, &mut item.delete].into_iter().flatten() {
-            add_command_parts(operation, on_one_account);
+            add_command_parts(operation);
         }
     }
     openapi::secure(document, ACCESS);
@@ -78,7 +136,7 @@ pub fn complete(document: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-fn add_command_parts(operation: &mut Operation, takes_if_match: bool) {
+fn add_command_parts(operation: &mut Operation) {
     let string = || ObjectBuilder::new().schema_type(Type::String).build();
     let headers = [
         (
@@ -91,14 +149,18 @@ fn add_command_parts(operation: &mut Operation, takes_if_match: bool) {
         ),
         (
             "If-Match",
-            "\"<stream_version>\" of the account: append only if it is still at that version, else 412",
+            "`*` or a list of entity-tags \"<stream_version>\": go ahead only if the account exists at one of \
+             these versions (weak tags never match), else 412; never holds when opening an account \
+             or on a transfer",
+        ),
+        (
+            "If-None-Match",
+            "`*` or a list of entity-tags: go ahead only if the account does not exist (`*`) or is at none \
+             of these versions, else 412; `*` on opening an account: 412 if it exists",
         ),
     ];
     let parameters = operation.parameters.get_or_insert_with(Vec::new);
     for (name, description) in headers {
-        if name == "If-Match" && !takes_if_match {
-            continue;
-        }
         parameters.push(
             ParameterBuilder::new()
                 .name(name)
@@ -110,9 +172,6 @@ fn add_command_parts(operation: &mut Operation, takes_if_match: bool) {
         );
     }
     for (status, description) in COMMAND_ERRORS {
-        if *status == "412" && !takes_if_match {
-            continue;
-        }
         operation
             .responses
             .responses

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
-use crate::text::{clean_text, text_conversions};
+use crate::text::{Cleaner, clean_text, text_conversions};
 
 /// Also here because references and reasons are user-typed text like the owner's; they
 /// live in [`crate::text`].
@@ -43,7 +43,11 @@ impl OwnerName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Result<OwnerName, ValidationError> {
-        clean_text("owner.name", raw, Self::MAX_CHARS).map(OwnerName)
+        Self::parse_by(raw, clean_text)
+    }
+
+    pub(crate) fn parse_by(raw: &str, clean: Cleaner) -> Result<OwnerName, ValidationError> {
+        clean("owner.name", raw, Self::MAX_CHARS).map(OwnerName)
     }
 
     pub fn as_str(&self) -> &str {
@@ -69,8 +73,12 @@ impl Email {
     pub const MAX_LOCAL_PART_CHARS: usize = 64;
 
     pub fn parse(raw: &str) -> Result<Email, ValidationError> {
+        Self::parse_by(raw, clean_text)
+    }
+
+    pub(crate) fn parse_by(raw: &str, clean: Cleaner) -> Result<Email, ValidationError> {
         const FIELD: &str = "owner.email";
-        let email = clean_text(FIELD, raw, Self::MAX_CHARS)?;
+        let email = clean(FIELD, raw, Self::MAX_CHARS)?;
         if email.chars().any(char::is_whitespace) {
             return Err(ValidationError::new(FIELD, "must not contain spaces"));
         }

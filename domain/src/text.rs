@@ -2,31 +2,85 @@
 //!
 //! Text typed by a client ends up in events that are kept forever and shown in audit
 //! logs, statements and terminals. So it is trimmed (one spelling per value), never
-//! empty (absence is `None`, not `""`), bounded (events stay small) and free of control
-//! characters and invisible direction/zero-width marks (a log line or a statement cannot
-//! be forged or made to read differently from what is stored).
+//! empty (absence is `None`, not `""`), bounded (events stay small) and holds only
+//! characters that show as what they are ([`is_refused_char`]): a log line or a statement
+//! cannot be forged, made to read differently from what is stored, or made to look
+//! identical to another value.
+//!
+//! The rule is decided by Unicode properties, read from ICU4X's data (`icu_properties`),
+//! not by a hand-kept list, so it covers every character of a kind, including ones
+//! assigned after this was written (they are `Cn` until the data knows them).
+//!
+//! Events already stored were checked by an earlier, narrower rule (control characters
+//! and a list of invisible marks). Reading them back ([`TryFrom<String>`], which serde
+//! uses) checks only what every earlier rule refused, so no stored event ever becomes
+//! unreadable; new input ([`Reference::parse`] and the like) meets the full rule.
 
 use std::fmt;
 
+use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup};
+use icu_properties::{CodePointMapData, CodePointSetData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
 
-/// Invisible format characters refused on top of control characters: bidirectional
-/// overrides and isolates (which can make text display differently from its content,
-/// the "Trojan Source" trick), zero-width characters and the byte-order mark (which make
-/// two values look identical).
-const INVISIBLE_FORMAT_CHARACTERS: &[char] = &[
-    '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}',
-    '\u{202D}', '\u{202E}', '\u{2060}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{FEFF}',
-];
+/// Whether `character` is refused in text a client gives the ledger:
+///
+/// - general category `Other`: `Cc` (control), `Cf` (format: soft hyphen, zero-width
+///   and direction marks, the byte-order mark, invisible operators and separators), `Cs`
+///   (surrogate), `Co` (private use: renders as whatever a font decides) and `Cn`
+///   (unassigned);
+/// - `Zl` and `Zp` (line and paragraph separators): they break a log line as a newline does;
+/// - `Bidi_Control`: overrides, embeddings, isolates and marks, which make text display
+///   in another order than it is stored (the "Trojan Source" trick);
+/// - `Default_Ignorable_Code_Point`: characters that render as nothing (Hangul fillers,
+///   variation selectors, the combining grapheme joiner, tag characters), so two values
+///   that look identical could differ.
+///
+/// Spaces (`Zs`), letters, marks, digits, punctuation and symbols of every script pass.
+pub fn is_refused_char(character: char) -> bool {
+    let category = CodePointMapData::<GeneralCategory>::new().get(character);
+    GeneralCategoryGroup::Other.contains(category)
+        || GeneralCategoryGroup::LineSeparator.contains(category)
+        || GeneralCategoryGroup::ParagraphSeparator.contains(category)
+        || CodePointSetData::new::<BidiControl>().contains(character)
+        || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(character)
+}
+
+/// The first character of `text` that [`is_refused_char`], if any.
+pub fn first_refused_char(text: &str) -> Option<char> {
+    text.chars().find(|character| is_refused_char(*character))
+}
+
+/// How a text value is checked: [`clean_text`] for new input, [`clean_stored_text`] for
+/// values read back from stored events.
+pub(crate) type Cleaner = fn(&'static str, &str, usize) -> Result<String, ValidationError>;
 
 /// Trims `raw` and checks it is non-empty, at most `max_chars` characters and free of
-/// control and invisible format characters.
+/// every character [`is_refused_char`] names.
 pub(crate) fn clean_text(
     field: &'static str,
     raw: &str,
     max_chars: usize,
+) -> Result<String, ValidationError> {
+    clean(field, raw, max_chars, is_refused_char)
+}
+
+/// As [`clean_text`] with the rule every earlier version applied (control characters
+/// only), for values read back from stored events.
+pub(crate) fn clean_stored_text(
+    field: &'static str,
+    raw: &str,
+    max_chars: usize,
+) -> Result<String, ValidationError> {
+    clean(field, raw, max_chars, char::is_control)
+}
+
+fn clean(
+    field: &'static str,
+    raw: &str,
+    max_chars: usize,
+    refused: fn(char) -> bool,
 ) -> Result<String, ValidationError> {
     let text = raw.trim();
     if text.is_empty() {
@@ -39,13 +93,13 @@ pub(crate) fn clean_text(
             format!("must be at most {max_chars} characters, got {chars}"),
         ));
     }
-    if let Some(bad) = text
-        .chars()
-        .find(|c| c.is_control() || INVISIBLE_FORMAT_CHARACTERS.contains(c))
-    {
+    if let Some(bad) = text.chars().find(|character| refused(*character)) {
         return Err(ValidationError::new(
             field,
-            format!("must not contain control or invisible characters, found {bad:?}"),
+            format!(
+                "must not contain control, format, unassigned or invisible characters, found U+{:04X}",
+                u32::from(bad)
+            ),
         ));
     }
     Ok(text.to_owned())
@@ -62,7 +116,11 @@ impl Reference {
     pub const MAX_CHARS: usize = 140;
 
     pub fn parse(raw: &str) -> Result<Reference, ValidationError> {
-        clean_text("reference", raw, Self::MAX_CHARS).map(Reference)
+        Self::parse_by(raw, clean_text)
+    }
+
+    pub(crate) fn parse_by(raw: &str, clean: Cleaner) -> Result<Reference, ValidationError> {
+        clean("reference", raw, Self::MAX_CHARS).map(Reference)
     }
 
     pub fn as_str(&self) -> &str {
@@ -81,7 +139,11 @@ impl Reason {
     pub const MAX_CHARS: usize = 500;
 
     pub fn parse(raw: &str) -> Result<Reason, ValidationError> {
-        clean_text("reason", raw, Self::MAX_CHARS).map(Reason)
+        Self::parse_by(raw, clean_text)
+    }
+
+    pub(crate) fn parse_by(raw: &str, clean: Cleaner) -> Result<Reason, ValidationError> {
+        clean("reason", raw, Self::MAX_CHARS).map(Reason)
     }
 
     pub fn as_str(&self) -> &str {
@@ -95,8 +157,9 @@ macro_rules! text_conversions {
         impl TryFrom<String> for $name {
             type Error = ValidationError;
 
+            /// Reads a stored value: see the module's note on stored events.
             fn try_from(raw: String) -> Result<Self, Self::Error> {
-                $name::parse(&raw)
+                $name::parse_by(&raw, $crate::text::clean_stored_text)
             }
         }
 
@@ -160,6 +223,95 @@ mod tests {
         for raw in ["a\nb", "a\u{0}b", "a\u{1b}[31mb", "a\u{7f}b", "a\u{85}b"] {
             assert!(Reference::parse(raw).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn every_category_the_rule_names_is_refused_with_its_neighbours_allowed() {
+        let refused = [
+            ('\u{0007}', "Cc bell"),
+            ('\u{0085}', "Cc next line"),
+            ('\u{00AD}', "Cf soft hyphen"),
+            ('\u{0600}', "Cf Arabic number sign"),
+            ('\u{061C}', "Cf Arabic letter mark (bidi)"),
+            ('\u{180E}', "Cf Mongolian vowel separator"),
+            ('\u{200B}', "Cf zero width space"),
+            ('\u{200D}', "Cf zero width joiner"),
+            ('\u{200E}', "Cf left-to-right mark"),
+            ('\u{202E}', "Cf right-to-left override"),
+            ('\u{2063}', "Cf invisible separator"),
+            ('\u{2066}', "Cf left-to-right isolate"),
+            ('\u{FEFF}', "Cf byte-order mark"),
+            ('\u{E0041}', "Cf tag letter A"),
+            ('\u{E000}', "Co private use"),
+            ('\u{F8FF}', "Co private use (a logo in some fonts)"),
+            ('\u{10FFFD}', "Co supplementary private use"),
+            ('\u{0378}', "Cn unassigned"),
+            ('\u{FFFF}', "Cn noncharacter"),
+            ('\u{2028}', "Zl line separator"),
+            ('\u{2029}', "Zp paragraph separator"),
+            ('\u{034F}', "Mn combining grapheme joiner (renders as nothing)"),
+            ('\u{FE0F}', "Mn variation selector 16 (renders as nothing)"),
+            ('\u{115F}', "Lo Hangul choseong filler (renders as nothing)"),
+            ('\u{3164}', "Lo Hangul filler (renders as nothing)"),
+            ('\u{FFA0}', "Lo halfwidth Hangul filler (renders as nothing)"),
+        ];
+        for (character, what) in refused {
+            assert!(is_refused_char(character), "{what} should be refused");
+            let text = format!("rent{character}march");
+            let refusal = Reference::parse(&text).expect_err(what);
+            assert_eq!(refusal.field, "reference", "{what}");
+            assert!(Reason::parse(&text).is_err(), "{what}");
+        }
+        let allowed = [
+            ' ',
+            'é',
+            'ß',
+            'Ж',
+            'ع',
+            'א',
+            '中',
+            'ア',
+            '한',
+            '€',
+            '£',
+            '₹',
+            '½',
+            '²',
+            '—',
+            '…',
+            '«',
+            '»',
+            '\u{00A0}',
+            '\u{3000}',
+            '\u{0301}',
+            '\u{0915}',
+            '\u{094D}',
+            '😀',
+            '\u{1F1E9}',
+        ];
+        for character in allowed {
+            assert!(
+                !is_refused_char(character),
+                "U+{:04X} should pass",
+                u32::from(character)
+            );
+            assert!(
+                Reference::parse(&format!("a{character}b")).is_ok(),
+                "U+{:04X}",
+                u32::from(character)
+            );
+        }
+        // The issue's own inputs.
+        assert!(Reference::parse("rent\u{00AD}march").is_err());
+        assert!(Reference::parse("rent\u{2063}march").is_err());
+    }
+
+    #[test]
+    fn stored_text_accepted_by_the_earlier_rule_still_reads() {
+        // A soft hyphen passed the earlier rule: an event holding one must stay readable.
+        let stored: Reference = serde_json::from_value(json!("rent\u{00AD}march")).expect("readable");
+        assert_eq!(stored.as_str(), "rent\u{00AD}march");
+        assert!(Reference::parse(stored.as_str()).is_err());
     }
 
     #[test]

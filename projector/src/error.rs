@@ -26,6 +26,9 @@ pub enum AdminError {
     /// 404 `not-found`: no route has this path.
     #[error("no such resource")]
     NotFound,
+    /// 405 `method-not-allowed`: the path exists, the method does not (axum adds `Allow`).
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     /// 503 `unavailable`: the database failed.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -52,6 +55,11 @@ impl AdminError {
                 (StatusCode::CONFLICT, "rebuild-in-progress", "Rebuild in progress")
             }
             AdminError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            AdminError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Unavailable"),
         }
     }

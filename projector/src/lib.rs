@@ -153,6 +153,8 @@ pub fn app(state: AppState) -> Router {
     service::ops_router(state.readiness)
         .merge(http::router(pool))
         .route_layer(middleware::from_fn_with_state(state.access, authorize))
+        // A problem body like every other refusal, rather than axum's empty 405.
+        .method_not_allowed_fallback(|| async { error::AdminError::MethodNotAllowed })
 }
 
 impl Config {

@@ -165,6 +165,7 @@ async fn running_live_refuses_to_start_without_a_key() {
         auth_jwt_secret: None,
         auth_jwt_public_key: None,
         insecure_development_auth: false,
+        ..AuthConfig::default()
     };
     let result = projector::run(config, std::future::pending()).await;
     assert!(
@@ -187,7 +188,69 @@ async fn the_status_subcommand_serves_nothing_and_needs_no_key(pool: PgPool) {
         auth_jwt_secret: None,
         auth_jwt_public_key: None,
         insecure_development_auth: false,
+        ..AuthConfig::default()
     };
     let result = projector::run(config, std::future::pending()).await;
     assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn every_admin_route_is_named_in_api_md() {
+    let (_router, document) = projector::http::routes().split_for_parts();
+    let document = serde_json::to_value(&document).expect("the document serialises");
+    let missing = service::testing::routes_missing_from_api_md(&document, &service::testing::api_md());
+    assert!(missing.is_empty(), "docs/API.md does not name {missing:?}");
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn head_answers_every_get_route_like_get_and_other_methods_are_405(pool: PgPool) {
+    let app = admin_app(pool).await;
+    let admin = service::testing::Caller::Holding(Role::Admin)
+        .token(TEST_SECRET)
+        .expect("admin token");
+    let send = |method: Method, path: &str, token: Option<&str>| {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        app.clone().oneshot(request.body(Body::empty()).expect("request"))
+    };
+    for path in ["/healthz", "/readyz", "/metrics", "/projections"] {
+        for token in [Some(admin.as_str()), None] {
+            let get = send(Method::GET, path, token).await.expect("GET");
+            let head = send(Method::HEAD, path, token).await.expect("HEAD");
+            assert_eq!(head.status(), get.status(), "HEAD {path} with {token:?}");
+            assert_eq!(
+                head.headers().get("content-type"),
+                get.headers().get("content-type"),
+                "HEAD {path}"
+            );
+            let body = axum::body::to_bytes(head.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            assert!(body.is_empty(), "HEAD {path} has a body");
+        }
+        let options = send(Method::OPTIONS, path, Some(admin.as_str()))
+            .await
+            .expect("OPTIONS");
+        assert_eq!(options.status(), 405, "OPTIONS {path}");
+        assert_eq!(
+            options
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok()),
+            Some("application/problem+json"),
+            "OPTIONS {path}"
+        );
+        let allow = options
+            .headers()
+            .get("allow")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            allow.contains("GET") && allow.contains("HEAD"),
+            "OPTIONS {path}: {allow:?}"
+        );
+    }
 }

@@ -175,7 +175,7 @@ pub fn app(state: AppState) -> Router {
     let control = state.access.clone();
     let (queries, mut document) = routes().split_for_parts();
     openapi::complete(&mut document);
-    let document = Arc::new(document);
+    let document = Arc::new(openapi::bounded(&document));
     let queries = queries
         .route_layer(middleware::from_fn_with_state(
             state.progress.clone(),

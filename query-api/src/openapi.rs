@@ -72,3 +72,52 @@ pub struct ApiDoc;
 pub fn complete(document: &mut utoipa::openapi::OpenApi) {
     openapi::secure(document, ACCESS);
 }
+
+/// Every bound the query API enforces on a parameter, from the constant that enforces it:
+/// (location, parameter, JSON Schema keywords).
+pub fn parameter_bounds() -> openapi::PlacedBounds {
+    use crate::audit::{MAX_EVENT_TYPE_CHARS, MAX_METADATA_FILTER_CHARS, MAX_STREAM_ID_CHARS};
+    let chars = |max: usize| vec![("minLength", 1), ("maxLength", max as i64)];
+    let position = || vec![("minimum", 0)];
+    vec![
+        (
+            "query",
+            "limit",
+            vec![("minimum", 1), ("maximum", crate::params::MAX_LIMIT)],
+        ),
+        (
+            "query",
+            "wait_ms",
+            vec![
+                ("minimum", 0),
+                ("maximum", crate::consistency::MAX_WAIT_MS as i64),
+            ],
+        ),
+        ("query", "min_position", position()),
+        ("query", "after", position()),
+        ("query", "at_position", position()),
+        (
+            "query",
+            "cursor",
+            vec![("maxLength", crate::cursor::MAX_CURSOR_CHARS as i64)],
+        ),
+        ("query", "stream_id", chars(MAX_STREAM_ID_CHARS)),
+        (
+            "path",
+            "stream_id",
+            vec![("maxLength", MAX_STREAM_ID_CHARS as i64)],
+        ),
+        ("query", "event_type", chars(MAX_EVENT_TYPE_CHARS)),
+        ("query", "actor", chars(MAX_METADATA_FILTER_CHARS)),
+        ("query", "correlation_id", chars(MAX_METADATA_FILTER_CHARS)),
+    ]
+}
+
+/// The document as served: `document` with [`parameter_bounds`] written in.
+pub fn bounded(document: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut document = serde_json::to_value(document).unwrap_or_default();
+    for (location, name, bounds) in parameter_bounds() {
+        openapi::bound_parameter(&mut document, location, name, &bounds);
+    }
+    document
+}

@@ -4,7 +4,13 @@
 //! algorithm: HS256 with `AUTH_JWT_SECRET`, or RS256/EdDSA with `AUTH_JWT_PUBLIC_KEY`.
 //! Pinning the algorithm to the key refuses `alg: none` and algorithm confusion (an
 //! HS256 token signed with a public RSA key as its secret). `exp` and `sub` are
-//! required. Each process declares one table of routes and the role each needs; a route
+//! required; the registered claims are checked as RFC 7519 §4.1 and RFC 8725 §3 ask:
+//! `exp` and `nbf` by the `jsonwebtoken` crate's validation, with a named clock-skew
+//! leeway ([`AuthConfig::auth_jwt_leeway_seconds`]); `iat` must not lie in the future;
+//! `iss` and `aud` are checked when a deployment configures them, and a token naming an
+//! audience is refused by a process that has none (RFC 7519 §4.1.3). NumericDate values
+//! are JSON numbers, fractions allowed. The scheme name `Bearer` is matched without
+//! regard to case (RFC 9110 §11.1). Each process declares one table of routes and the role each needs; a route
 //! missing from the table is refused, so a new route is closed until someone opens it.
 //!
 //! A process with no key refuses to start, unless given `--insecure-development-auth`,
@@ -24,8 +30,13 @@ use serde::{Deserialize, Serialize};
 /// guards a developer's own machine, and its use is logged as a warning at start.
 pub const DEVELOPMENT_SECRET: &str = "eventledger-development-secret-never-use-in-production";
 
-/// Clock skew tolerated on `exp`, between the token's issuer and this process.
-pub const EXPIRY_LEEWAY: Duration = Duration::from_secs(30);
+/// Clock skew tolerated by default on `exp`, `nbf` and `iat`, between the token's issuer
+/// and this process (`AUTH_JWT_LEEWAY_SECONDS`).
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+
+/// The largest leeway a process accepts: RFC 8725 asks for a few minutes at most; more
+/// would keep an expired token usable for long.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
 /// The roles of API.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,13 +80,26 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims of a minted token.
+#[derive(Debug, Serialize)]
 struct Claims {
+    sub: String,
+    roles: Vec<String>,
+    exp: u64,
+}
+
+/// The claims this service reads from a verified token; `exp`, `nbf`, `iss` and `aud`
+/// are checked by the validation before this is read.
+#[derive(Debug, Deserialize)]
+struct VerifiedClaims {
     sub: String,
     /// Unknown role names are ignored, not fatal: a token may serve other systems too.
     #[serde(default)]
     roles: Vec<String>,
-    exp: u64,
+    /// A NumericDate (RFC 7519 §2): seconds since the epoch, fractions allowed. A value
+    /// that is not a number makes the token invalid.
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 /// Settings for authentication, flattened into each binary's config.
@@ -93,6 +117,54 @@ pub struct AuthConfig {
     /// Never in production: anyone can mint tokens for it.
     #[arg(long, env = "EVENTLEDGER_INSECURE_DEVELOPMENT_AUTH")]
     pub insecure_development_auth: bool,
+
+    /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`; at most 300.
+    #[arg(long, env = "AUTH_JWT_LEEWAY_SECONDS", default_value_t = DEFAULT_LEEWAY_SECONDS)]
+    pub auth_jwt_leeway_seconds: u64,
+
+    /// When set, a token's `iss` must equal it (and is required).
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+
+    /// When set, a token's `aud` must name it (and is required); when not, a token that
+    /// names any audience is refused, as RFC 7519 §4.1.3 asks.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
+}
+
+impl Default for AuthConfig {
+    /// No key, the default leeway, no issuer or audience.
+    fn default() -> Self {
+        Self {
+            auth_jwt_secret: None,
+            auth_jwt_public_key: None,
+            insecure_development_auth: false,
+            auth_jwt_leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            auth_jwt_issuer: None,
+            auth_jwt_audience: None,
+        }
+    }
+}
+
+/// The registered-claim rules of [`AuthConfig`], apart from the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_seconds: u64,
+    /// The required `iss`, if any.
+    pub issuer: Option<String>,
+    /// The audience this process is, if any.
+    pub audience: Option<String>,
+}
+
+impl Default for ClaimRules {
+    fn default() -> Self {
+        Self {
+            leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            issuer: None,
+            audience: None,
+        }
+    }
 }
 
 /// Why the authentication settings cannot be used; the process refuses to start.
@@ -109,6 +181,8 @@ pub enum AuthConfigError {
     WeakSecret,
     #[error("AUTH_JWT_PUBLIC_KEY is neither an RSA nor an Ed25519 PEM public key")]
     BadPublicKey,
+    #[error("AUTH_JWT_LEEWAY_SECONDS is over {MAX_LEEWAY_SECONDS}")]
+    LeewayTooLong,
 }
 
 /// An HS256 secret shorter than SHA-256's output gives less security than the algorithm.
@@ -123,6 +197,8 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub struct Authenticator {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
+    /// Seconds of clock skew tolerated on `iat`, which the validation does not check.
+    leeway_seconds: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -136,45 +212,73 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthConfigError> {
+        if config.auth_jwt_leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(AuthConfigError::LeewayTooLong);
+        }
+        let rules = ClaimRules {
+            leeway_seconds: config.auth_jwt_leeway_seconds,
+            issuer: config.auth_jwt_issuer.clone(),
+            audience: config.auth_jwt_audience.clone(),
+        };
         match (&config.auth_jwt_secret, &config.auth_jwt_public_key) {
             (Some(_), Some(_)) => Err(AuthConfigError::TwoKeys),
             (Some(secret), None) if secret.len() < MIN_SECRET_BYTES => Err(AuthConfigError::WeakSecret),
-            (Some(secret), None) => Ok(Self::hs256(secret.as_bytes())),
-            (None, Some(pem)) => Self::public_key(pem.as_bytes()),
+            (Some(secret), None) => Ok(Self::hs256_with(secret.as_bytes(), &rules)),
+            (None, Some(pem)) => Self::public_key(pem.as_bytes(), &rules),
             (None, None) if config.insecure_development_auth => {
                 tracing::warn!(
                     "INSECURE: --insecure-development-auth is on; tokens are verified with a public \
                      development secret and anyone can mint them. Never run this way in production."
                 );
-                Ok(Self::hs256(DEVELOPMENT_SECRET.as_bytes()))
+                Ok(Self::hs256_with(DEVELOPMENT_SECRET.as_bytes(), &rules))
             }
             (None, None) => Err(AuthConfigError::NoKey),
         }
     }
 
+    /// HS256 with `secret` and the default [`ClaimRules`].
     pub fn hs256(secret: &[u8]) -> Self {
-        Self::pinned(DecodingKey::from_secret(secret), Algorithm::HS256)
+        Self::hs256_with(secret, &ClaimRules::default())
     }
 
-    fn public_key(pem: &[u8]) -> Result<Self, AuthConfigError> {
+    /// HS256 with `secret` and `rules`.
+    pub fn hs256_with(secret: &[u8], rules: &ClaimRules) -> Self {
+        Self::pinned(DecodingKey::from_secret(secret), Algorithm::HS256, rules)
+    }
+
+    fn public_key(pem: &[u8], rules: &ClaimRules) -> Result<Self, AuthConfigError> {
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self::pinned(key, Algorithm::RS256));
+            return Ok(Self::pinned(key, Algorithm::RS256, rules));
         }
         if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-            return Ok(Self::pinned(key, Algorithm::EdDSA));
+            return Ok(Self::pinned(key, Algorithm::EdDSA, rules));
         }
         Err(AuthConfigError::BadPublicKey)
     }
 
-    fn pinned(key: DecodingKey, algorithm: Algorithm) -> Self {
+    fn pinned(key: DecodingKey, algorithm: Algorithm, rules: &ClaimRules) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
-        validation.leeway = EXPIRY_LEEWAY.as_secs();
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = rules.leeway_seconds;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        // With no audience configured the validation still refuses a token that names
+        // one; with one, `aud` is required and must name it.
+        validation.validate_aud = true;
+        if let Some(audience) = &rules.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             key: Arc::new(key),
             validation: Arc::new(validation),
+            leeway_seconds: rules.leeway_seconds,
         }
     }
 
@@ -186,17 +290,24 @@ impl Authenticator {
         let token = value
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
+            .and_then(bearer_token)
             .ok_or(AuthError::MalformedHeader)?;
         let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-                |error| match error.kind() {
+            jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation).map_err(|error| {
+                match error.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     _ => AuthError::InvalidToken,
-                },
-            )?;
+                }
+            })?;
+        // RFC 7519 §4.1.6 leaves `iat` to the application; one in the future (beyond the
+        // skew) was not issued by a sane clock, so the token is not trusted.
+        if let Some(issued_at) = data.claims.iat {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            if !issued_at.is_finite() || issued_at > (now.as_secs() + self.leeway_seconds) as f64 {
+                return Err(AuthError::InvalidToken);
+            }
+        }
         let roles = data
             .claims
             .roles
@@ -208,6 +319,18 @@ impl Authenticator {
             roles,
         })
     }
+}
+
+/// The token of an `Authorization` value `<scheme> <token68>` whose scheme is `Bearer`
+/// in any case (RFC 9110 §11.1, RFC 6750 §2.1); spaces around the token are tolerated,
+/// spaces inside it (a second word) are not.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches([' ', '\t']);
+    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
 }
 
 /// Mints an HS256 token; for development and tests (the `mint-token` command).
@@ -245,6 +368,9 @@ pub enum AuthError {
     /// 401: past its `exp`.
     #[error("the token has expired")]
     Expired,
+    /// 401: before its `nbf`.
+    #[error("the token is not valid yet")]
+    NotYetValid,
     /// 403: authenticated, but the role is missing.
     #[error("this needs the `{}` role", .0.as_str())]
     Forbidden(Role),
@@ -256,16 +382,22 @@ pub enum AuthError {
 impl AuthError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::MalformedHeader | Self::InvalidToken | Self::Expired => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingToken
+            | Self::MalformedHeader
+            | Self::InvalidToken
+            | Self::Expired
+            | Self::NotYetValid => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::Unlisted => StatusCode::FORBIDDEN,
         }
     }
 
     fn code(&self) -> &'static str {
         match self {
-            Self::MissingToken | Self::MalformedHeader | Self::InvalidToken | Self::Expired => "unauthorized",
+            Self::MissingToken
+            | Self::MalformedHeader
+            | Self::InvalidToken
+            | Self::Expired
+            | Self::NotYetValid => "unauthorized",
             Self::Forbidden(_) | Self::Unlisted => "forbidden",
         }
     }
@@ -333,7 +465,13 @@ pub struct AccessControl {
 
 impl AccessControl {
     /// The role a request needs: `Ok(None)` for open routes, `Err` for unlisted ones.
+    /// `HEAD` is a `GET` without the body (RFC 9110 §9.3.2), so it needs what `GET` needs.
     pub fn required(&self, method: &Method, path: &str) -> Result<Option<Role>, AuthError> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         OPS_ACCESS
             .iter()
             .chain(self.table)
@@ -532,11 +670,7 @@ mod tests {
 
     #[test]
     fn a_process_without_a_key_refuses_to_start_unless_told_it_is_development() {
-        let none = AuthConfig {
-            auth_jwt_secret: None,
-            auth_jwt_public_key: None,
-            insecure_development_auth: false,
-        };
+        let none = AuthConfig::default();
         assert!(matches!(
             Authenticator::from_config(&none),
             Err(AuthConfigError::NoKey)
@@ -577,6 +711,174 @@ mod tests {
         );
         assert_eq!(
             control.required(&Method::GET, "/secret"),
+            Err(AuthError::Unlisted)
+        );
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("encode")
+    }
+
+    fn authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
+        headers
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_and_other_schemes_and_shapes_are_malformed() {
+        let authenticator = Authenticator::hs256(SECRET);
+        let token = mint_hs256(SECRET, "alice", &[Role::Admin], Duration::from_secs(60)).expect("mint");
+        for value in [
+            format!("Bearer {token}"),
+            format!("bearer {token}"),
+            format!("BEARER {token}"),
+            format!("bEaReR {token}"),
+            format!("Bearer   {token}"),
+            format!("Bearer\t{token}"),
+            format!(" Bearer {token} "),
+        ] {
+            assert!(
+                authenticator.authenticate(&authorization(&value)).is_ok(),
+                "{value:?} should be accepted"
+            );
+        }
+        for value in [
+            format!("Basic {token}"),
+            format!("Bearers {token}"),
+            format!("Bearer{token}"),
+            "Bearer".to_owned(),
+            "Bearer    ".to_owned(),
+            format!("Bearer {token} extra"),
+            format!("Token {token}"),
+        ] {
+            assert_eq!(
+                authenticator.authenticate(&authorization(&value)),
+                Err(AuthError::MalformedHeader),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_before_its_nbf_is_refused_and_within_the_leeway_accepted() {
+        let authenticator = Authenticator::hs256(SECRET);
+        let early = signed(
+            serde_json::json!({"sub": "a", "roles": ["admin"], "nbf": now() + 3600, "exp": now() + 7200}),
+        );
+        assert_eq!(
+            authenticator.authenticate(&headers(&early)),
+            Err(AuthError::NotYetValid)
+        );
+        let skewed = signed(serde_json::json!({"sub": "a", "nbf": now() + 10, "exp": now() + 7200}));
+        assert!(authenticator.authenticate(&headers(&skewed)).is_ok());
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let authenticator = Authenticator::hs256(SECRET);
+        let future = signed(serde_json::json!({"sub": "a", "iat": now() + 3600, "exp": now() + 7200}));
+        assert_eq!(
+            authenticator.authenticate(&headers(&future)),
+            Err(AuthError::InvalidToken)
+        );
+        let past = signed(serde_json::json!({"sub": "a", "iat": now() - 10, "exp": now() + 7200}));
+        assert!(authenticator.authenticate(&headers(&past)).is_ok());
+    }
+
+    #[test]
+    fn numeric_dates_are_json_numbers_fractions_allowed_and_anything_else_is_refused() {
+        let authenticator = Authenticator::hs256(SECRET);
+        let fraction =
+            signed(serde_json::json!({"sub": "a", "exp": now() as f64 + 600.5, "iat": now() as f64 - 0.25}));
+        assert!(authenticator.authenticate(&headers(&fraction)).is_ok());
+        for claims in [
+            serde_json::json!({"sub": "a", "exp": (now() + 600).to_string()}),
+            serde_json::json!({"sub": "a", "exp": -1}),
+            serde_json::json!({"sub": "a", "exp": null}),
+            serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": "soon"}),
+            serde_json::json!({"sub": "a", "exp": now() + 600, "iat": "yesterday"}),
+        ] {
+            let token = signed(claims.clone());
+            assert!(authenticator.authenticate(&headers(&token)).is_err(), "{claims}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let rules = ClaimRules {
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("eventledger".into()),
+            ..ClaimRules::default()
+        };
+        let strict = Authenticator::hs256_with(SECRET, &rules);
+        let exp = now() + 600;
+        let good = signed(
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://issuer.example", "aud": ["other", "eventledger"]}),
+        );
+        assert!(strict.authenticate(&headers(&good)).is_ok());
+        for claims in [
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "eventledger"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://issuer.example"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "eventledger"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://issuer.example", "aud": "other"}),
+        ] {
+            let token = signed(claims.clone());
+            assert_eq!(
+                strict.authenticate(&headers(&token)),
+                Err(AuthError::InvalidToken),
+                "{claims}"
+            );
+        }
+        // Without a configured audience, a token meant for some audience is not for us.
+        let lax = Authenticator::hs256(SECRET);
+        let aimed = signed(serde_json::json!({"sub": "a", "exp": exp, "aud": "elsewhere"}));
+        assert_eq!(lax.authenticate(&headers(&aimed)), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn a_leeway_over_the_maximum_refuses_to_start() {
+        let config = AuthConfig {
+            auth_jwt_secret: Some(String::from_utf8(SECRET.to_vec()).expect("utf-8")),
+            auth_jwt_leeway_seconds: MAX_LEEWAY_SECONDS + 1,
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            Authenticator::from_config(&config),
+            Err(AuthConfigError::LeewayTooLong)
+        ));
+    }
+
+    #[test]
+    fn head_needs_what_get_needs() {
+        const TABLE: &[Access] = &[Access {
+            method: Method::GET,
+            path: "/accounts/{id}",
+            role: Some(Role::Viewer),
+        }];
+        let control = AccessControl {
+            authenticator: Authenticator::hs256(SECRET),
+            table: TABLE,
+        };
+        assert_eq!(control.required(&Method::HEAD, "/healthz"), Ok(None));
+        assert_eq!(
+            control.required(&Method::HEAD, "/accounts/{id}"),
+            Ok(Some(Role::Viewer))
+        );
+        assert_eq!(
+            control.required(&Method::OPTIONS, "/healthz"),
             Err(AuthError::Unlisted)
         );
     }

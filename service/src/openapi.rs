@@ -86,3 +86,82 @@ fn require(operation: &mut Operation, role: Role, with_schema: bool) {
         );
     }
 }
+
+/// JSON Schema bounds (`minimum`, `maximum`, `minLength`, `maxLength`) written into a
+/// document from the constants the server enforces, so that the document cannot say
+/// another number than the code. Each entry is a keyword and its value.
+pub type Bounds<'a> = &'a [(&'a str, i64)];
+
+/// Bounds as a list a process declares once: keyword and value, for example
+/// `("maximum", 1000)`.
+pub type BoundList = Vec<(&'static str, i64)>;
+
+/// Where a bound goes and what it is: two names (a schema and its property, or a
+/// parameter's location and its name) and the bounds.
+pub type PlacedBounds = Vec<(&'static str, &'static str, BoundList)>;
+
+/// Sets `bounds` on property `property` of the component schema `schema`. Returns
+/// whether that property exists (callers' tests assert it does).
+pub fn bound_property(
+    document: &mut serde_json::Value,
+    schema: &str,
+    property: &str,
+    bounds: Bounds<'_>,
+) -> bool {
+    let Some(target) = document
+        .pointer_mut(&format!("/components/schemas/{schema}/properties/{property}"))
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return false;
+    };
+    for (keyword, value) in bounds {
+        target.insert((*keyword).to_owned(), serde_json::Value::from(*value));
+    }
+    true
+}
+
+/// Sets `bounds` on the schema of every parameter named `name` in `location` (`query`,
+/// `header`, `path`) of every operation. Returns how many parameters it bounded.
+pub fn bound_parameter(
+    document: &mut serde_json::Value,
+    location: &str,
+    name: &str,
+    bounds: Bounds<'_>,
+) -> usize {
+    let mut bounded = 0;
+    let Some(paths) = document
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return 0;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(serde_json::Value::as_array_mut)
+            else {
+                continue;
+            };
+            for parameter in parameters {
+                if parameter["in"] != location || parameter["name"] != name {
+                    continue;
+                }
+                let Some(schema) = parameter
+                    .get_mut("schema")
+                    .and_then(serde_json::Value::as_object_mut)
+                else {
+                    continue;
+                };
+                for (keyword, value) in bounds {
+                    schema.insert((*keyword).to_owned(), serde_json::Value::from(*value));
+                }
+                bounded += 1;
+            }
+        }
+    }
+    bounded
+}

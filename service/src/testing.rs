@@ -109,3 +109,35 @@ pub fn access_entries<'a>(
         .map(|(method, path, role)| (method.to_owned(), path.to_owned(), role.map(Role::as_str)))
         .collect()
 }
+
+/// The contract every process's routes must appear in: `docs/API.md` at the workspace root.
+pub fn api_md() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/API.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+/// The operations of an OpenAPI document (`paths` as JSON) that `docs/API.md` does not
+/// name, as `METHOD /path`. API.md names an operation as `` `METHOD /path` `` in its
+/// tables and text, optionally followed by a query string (`` `GET /accounts?limit=` ``).
+pub fn routes_missing_from_api_md(document: &serde_json::Value, api_md: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let Some(paths) = document["paths"].as_object() else {
+        return vec!["the document has no paths".to_owned()];
+    };
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else { continue };
+        for method in item.keys() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let named = format!("`{} {path}", method.to_ascii_uppercase());
+            let found = api_md
+                .match_indices(&named)
+                .any(|(at, _)| matches!(api_md[at + named.len()..].chars().next(), Some('`' | '?' | ' ')));
+            if !found {
+                missing.push(format!("{} {path}", method.to_ascii_uppercase()));
+            }
+        }
+    }
+    missing
+}

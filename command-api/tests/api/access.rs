@@ -210,6 +210,7 @@ async fn run_refuses_to_start_without_a_key() {
         auth_jwt_secret: None,
         auth_jwt_public_key: None,
         insecure_development_auth: false,
+        ..AuthConfig::default()
     };
     let result = command_api::run(config, std::future::pending()).await;
     assert!(
@@ -264,6 +265,7 @@ async fn run_starts_without_a_key_when_told_it_is_a_development_machine(pool: Pg
         auth_jwt_secret: None,
         auth_jwt_public_key: None,
         insecure_development_auth: true,
+        ..AuthConfig::default()
     };
     // Shut down at once: starting is what is under test.
     let result = command_api::run(config, std::future::ready(())).await;

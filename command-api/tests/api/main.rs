@@ -7,6 +7,7 @@
 mod access;
 mod commands;
 mod concurrency;
+mod conformance;
 mod errors;
 mod helpers;
 mod hostile;

@@ -197,6 +197,7 @@ async fn run_refuses_to_start_without_a_usable_master_key_outside_development_mo
             auth_jwt_secret: Some("a-token-secret-of-at-least-32-bytes!".to_owned()),
             auth_jwt_public_key: None,
             insecure_development_auth: false,
+            ..AuthConfig::default()
         };
         config.pii = PiiConfig {
             pii_master_key: master_key,

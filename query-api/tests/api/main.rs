@@ -5,6 +5,7 @@
 
 mod access;
 mod audit;
+mod conformance;
 mod consistency;
 mod explain;
 mod helpers;

@@ -68,3 +68,11 @@ async fn every_documented_operation_is_routed_and_every_route_documented(pool: P
         );
     }
 }
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn every_operation_of_the_document_is_named_in_api_md(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let document = app.get_json("/openapi.json", 200).await;
+    let missing = service::testing::routes_missing_from_api_md(&document, &service::testing::api_md());
+    assert!(missing.is_empty(), "docs/API.md does not name {missing:?}");
+}
