@@ -153,6 +153,7 @@ pub fn app(state: AppState) -> Router {
     service::ops_router(state.readiness)
         .merge(http::router(pool))
         .route_layer(middleware::from_fn_with_state(state.access, authorize))
+        .route_layer(middleware::from_fn(service::http_observe::record_route))
 }
 
 impl Config {
