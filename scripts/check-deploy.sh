@@ -87,7 +87,7 @@ import json, re, sys
 dashboard = json.load(open("deploy/grafana/dashboards/eventledger.json"))
 expressions = [(panel["title"], target["expr"]) for panel in dashboard["panels"]
                for target in panel.get("targets", [])]
-catalog = set(re.findall(r'metric\("([a-z_]+)"', open("service/src/metrics_catalog.rs").read()))
+catalog = set(re.findall(r'metric\(\s*"([a-z_]+)"', open("service/src/metrics_catalog.rs").read()))
 alerts = open("deploy/prometheus/alerts.yml").read()
 alert_expressions = re.findall(r"expr: \|?\n?((?:.|\n)*?)\n\s+(?:for|labels):", alerts)
 words = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
