@@ -6,6 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/scripts/services.sh"
+# promtool, for the test that checks every process's /metrics (tests/tests/observe.rs).
+# shellcheck source=scripts/ci-tools.sh
+source "$root/scripts/ci-tools.sh"
 
 # `#[sqlx::test]` creates one database per test through this server-level URL.
 export DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

@@ -7,7 +7,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::extract::{CORRELATION_ID_HEADER, MAX_CORRELATION_ID_CHARS};
+use crate::extract::CORRELATION_ID_HEADER;
 
 /// The request's correlation id, put into the request's extensions for the handlers.
 #[derive(Debug, Clone)]
@@ -17,16 +17,7 @@ pub struct CorrelationId(pub String);
 /// otherwise a new UUIDv7. A malformed one is also refused by the command's own header
 /// check (400), and the answer then echoes the generated id.
 pub async fn correlate(mut request: Request, next: Next) -> Response {
-    let from_client = request
-        .headers()
-        .get(CORRELATION_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| {
-            !value.is_empty()
-                && value.len() <= MAX_CORRELATION_ID_CHARS
-                && value.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
-        })
-        .map(str::to_owned);
+    let from_client = service::http_observe::client_correlation_id(request.headers()).map(str::to_owned);
     let id = from_client.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     request.extensions_mut().insert(CorrelationId(id.clone()));
     let mut response = next.run(request).await;

@@ -27,12 +27,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The longest `Idempotency-Key`, in characters (API.md).
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
-/// The longest `X-Correlation-Id` accepted: a UUID is 36, a W3C trace id 32; 128 leaves
-/// room for other schemes while keeping every event's metadata small.
-pub const MAX_CORRELATION_ID_CHARS: usize = 128;
-
-/// The header that carries the correlation id in and out.
-pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+/// The correlation id's header and its longest accepted value, shared with the request
+/// logs of every process.
+pub use service::http_observe::{CORRELATION_ID_HEADER, MAX_CORRELATION_ID_CHARS};
 /// The header that names an idempotency key.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// The header set on a replayed answer.

@@ -192,6 +192,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(service::ops_router(readiness))
         .route_layer(middleware::from_fn_with_state(control, authorize))
+        .route_layer(middleware::from_fn(service::http_observe::record_route))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -80,6 +80,11 @@ pub const POSITION_HEADER: &str = "Ledger-Position";
 /// Header carrying the event type, for consumers that filter without decoding.
 pub const EVENT_TYPE_HEADER: &str = "Ledger-Event-Type";
 
+/// The header carrying the W3C trace context of the request that caused the event (its
+/// metadata's `trace`), on messages whose event has one, so that a consumer can continue
+/// the request's trace without opening the body (W3C Trace Context).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 /// The longest the relay waits on NATS for one thing: handing a publish to the
 /// connection, its ack, or a JetStream API request (stream info, last message). An ack
 /// on this machine takes well under a millisecond; five seconds is async-nats' own
@@ -446,6 +451,9 @@ async fn publish_in_order(
         let mut headers = HeaderMap::new();
         headers.insert(POSITION_HEADER, event.position.to_string().as_str());
         headers.insert(EVENT_TYPE_HEADER, event.event_type.as_str());
+        if let Some(trace) = &event.metadata.trace {
+            headers.insert(TRACEPARENT_HEADER, trace.as_str());
+        }
         let mut message = PublishMessage::build()
             .payload(Bytes::from(serde_json::to_vec(event)?))
             .headers(headers)

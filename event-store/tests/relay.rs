@@ -68,7 +68,9 @@ fn event(n: u64) -> NewEvent {
             causation_id: None,
             command: "Deposit".into(),
             idempotency_key: None,
-            trace: None,
+            // Every other event carries a trace context, as a request with a
+            // `traceparent` header leaves it.
+            trace: (n % 2 == 0).then(|| format!("00-{:032x}-{:016x}-01", n + 1, n + 1)),
         },
     }
 }
@@ -186,7 +188,8 @@ async fn all_events(store: &EventStore) -> Vec<RecordedEvent> {
 }
 
 /// The stream holds exactly the committed events, each once, in position order, each
-/// on its subject with its id, position and type headers and the envelope as body.
+/// on its subject with its id, position, type and trace context headers and the
+/// envelope as body.
 async fn assert_stream_holds_every_event_once_in_order(
     store: &EventStore,
     stream: &mut Stream,
@@ -211,6 +214,14 @@ async fn assert_stream_holds_every_event_once_in_order(
         );
         assert_eq!(header(message, "Nats-Msg-Id"), event.event_id.to_string());
         assert_eq!(header(message, relay::EVENT_TYPE_HEADER), event.event_type);
+        assert_eq!(
+            message
+                .headers
+                .get(relay::TRACEPARENT_HEADER)
+                .map(|value| value.as_str()),
+            event.metadata.trace.as_deref(),
+            "the message carries its event's trace context, and only then"
+        );
         let body: RecordedEvent = serde_json::from_slice(&message.payload).expect("envelope");
         assert_eq!(&body, event);
     }

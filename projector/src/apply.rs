@@ -222,5 +222,7 @@ async fn apply_decoded(
     metrics::counter!("projector_events_applied_total", "projection" => projection.name())
         .increment(fresh.len() as u64);
     metrics::counter!("projector_batches_total", "projection" => projection.name()).increment(1);
+    metrics::histogram!("projector_batch_events", "projection" => projection.name())
+        .record(fresh.len() as f64);
     Ok(last)
 }

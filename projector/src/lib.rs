@@ -155,6 +155,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.access, authorize))
         // A problem body like every other refusal, rather than axum's empty 405.
         .method_not_allowed_fallback(|| async { error::AdminError::MethodNotAllowed })
+        .route_layer(middleware::from_fn(service::http_observe::record_route))
 }
 
 impl Config {

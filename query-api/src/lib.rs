@@ -193,6 +193,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(service::ops_router(state.readiness.clone()))
         .route_layer(middleware::from_fn_with_state(control, authorize))
+        .route_layer(middleware::from_fn(service::http_observe::record_route))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

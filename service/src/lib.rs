@@ -6,7 +6,9 @@
 pub mod auth;
 pub mod config;
 pub mod database;
+pub mod http_observe;
 pub mod limits;
+pub mod metrics_catalog;
 pub mod nats;
 pub mod openapi;
 pub mod ops;

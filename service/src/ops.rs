@@ -1,5 +1,6 @@
 //! The operational endpoints every process serves without a token: `/healthz` (the
-//! process runs), `/readyz` (its database and NATS answer) and `/metrics` (Prometheus).
+//! process runs), `/readyz` (its database and NATS answer) and `/metrics` (Prometheus,
+//! with the readiness as gauges, checked at each scrape).
 
 use std::time::Duration;
 
@@ -45,14 +46,20 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<OpsState>) -> Response {
+/// Whether PostgreSQL and NATS answer, as `(database_ok, nats_ok)`.
+async fn check_dependencies(readiness: &Readiness) -> (bool, bool) {
     let database_ok = tokio::time::timeout(
         READINESS_TIMEOUT,
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.readiness.pool),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&readiness.pool),
     )
     .await
     .is_ok_and(|result| result.is_ok());
-    let nats_ok = state.readiness.nats.connection_state() == async_nats::connection::State::Connected;
+    let nats_ok = readiness.nats.connection_state() == async_nats::connection::State::Connected;
+    (database_ok, nats_ok)
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let (database_ok, nats_ok) = check_dependencies(&state.readiness).await;
     let checks = json!({
         "database": if database_ok { "ok" } else { "unreachable" },
         "nats": if nats_ok { "ok" } else { "unreachable" },
@@ -80,7 +87,15 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     }
 }
 
+/// Renders the metrics, after checking the dependencies as `/readyz` does: the
+/// readiness gauges are then as fresh as the scrape, and an alert on them needs no
+/// probe of its own.
 async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    let (database_ok, nats_ok) = check_dependencies(&state.readiness).await;
+    let up = |ok: bool| if ok { 1.0 } else { 0.0 };
+    metrics::gauge!("eventledger_dependency_up", "dependency" => "database").set(up(database_ok));
+    metrics::gauge!("eventledger_dependency_up", "dependency" => "nats").set(up(nats_ok));
+    metrics::gauge!("eventledger_ready").set(up(database_ok && nats_ok));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

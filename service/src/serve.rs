@@ -63,6 +63,8 @@ pub async fn serve_with(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // Outermost, so the RED metrics count every answer, refusals by the limits included.
+    let router = router.layer(axum::middleware::from_fn(super::http_observe::observe));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

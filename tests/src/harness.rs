@@ -86,6 +86,8 @@ pub struct Process {
     pub binary: Binary,
     pub address: String,
     environment: HashMap<String, String>,
+    /// Where the process's stderr (its log) goes; the test's own stderr when `None`.
+    log_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -95,12 +97,23 @@ impl Process {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        // Logs go to the test's stderr so a failing test shows them, unless the test
+        // reads them from a file (appended to, so a restart keeps the earlier lines).
+        let stderr = match &self.log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening the log file {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(binary_path(self.binary)?)
             .envs(&self.environment)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            // Logs go to the test's stderr so a failing test shows them.
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.name()))?;
@@ -227,13 +240,31 @@ impl System {
 
     /// Starts one more process and waits until it is ready.
     pub async fn add(&mut self, binary: Binary) -> anyhow::Result<()> {
+        self.add_configured(binary, &[], None).await
+    }
+
+    /// As [`System::add`], with `settings` added to (or replacing) the system's
+    /// environment, and the process's log written to `log_file` instead of the test's
+    /// stderr.
+    pub async fn add_configured(
+        &mut self,
+        binary: Binary,
+        settings: &[(&str, &str)],
+        log_file: Option<PathBuf>,
+    ) -> anyhow::Result<()> {
         let address = free_address()?;
         let mut environment = self.environment();
+        environment.extend(
+            settings
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
         environment.insert(binary.address_variable().to_owned(), address.clone());
         let mut process = Process {
             binary,
             address,
             environment,
+            log_file,
             child: None,
         };
         process.spawn().await?;

