@@ -94,6 +94,11 @@ impl Process {
         format!("http://{}{path}", self.address)
     }
 
+    /// The operating-system process id while it runs, for reading its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new(binary_path(self.binary)?)
             .envs(&self.environment)
@@ -280,6 +285,14 @@ impl System {
         self.processes
             .get_mut(&binary)
             .with_context(|| format!("{} was not started", binary.name()))
+    }
+
+    /// The process id of each running process, for reading their CPU time.
+    pub fn pids(&self) -> Vec<(Binary, u32)> {
+        self.processes
+            .iter()
+            .filter_map(|(binary, process)| Some((*binary, process.pid()?)))
+            .collect()
     }
 
     pub fn url(&self, binary: Binary, path: &str) -> String {
