@@ -113,8 +113,10 @@ pub struct RelayConfig {
     /// in flight on this machine against about 10k msg/s awaiting each one
     /// (ARCHITECTURE.md); more buys little and costs memory on both sides.
     pub max_in_flight: usize,
-    /// How often to look for new events when no append notification arrives; the
-    /// notification is the fast path, this is the safety net.
+    /// How often to look for new events when no append notification arrives. The
+    /// notification is the fast path and is not lost while the listener's connection
+    /// lives (a lost connection triggers a read at once), so this is only a safety net,
+    /// and each poll is a statement an idle system would issue for nothing.
     pub poll_interval: Duration,
     /// How long to wait before retrying after NATS or PostgreSQL failed (doubling up to
     /// [`MAX_RETRY_INTERVAL`] while failures continue), and how often a standby tries to
@@ -130,11 +132,16 @@ impl RelayConfig {
             subject_prefix: SUBJECT_PREFIX.to_owned(),
             batch_size: 2_048,
             max_in_flight: 256,
-            poll_interval: Duration::from_millis(500),
+            poll_interval: IDLE_POLL_INTERVAL,
             retry_interval: Duration::from_millis(500),
         }
     }
 }
+
+/// The relay's safety-net poll ([`RelayConfig::poll_interval`]): long, because the
+/// append notification wakes the relay at every commit; one statement per 10 s keeps an
+/// idle system near silent (the README's idle goal: under one statement per second).
+pub const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why one relay round failed; the relay logs it and starts a new round.
 #[derive(Debug, thiserror::Error)]
@@ -326,7 +333,9 @@ async fn publish_loop(
         if events.is_empty() {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                notification = listener.recv() => { notification?; }
+                // `None`: the listener's connection was lost, and with it any
+                // notification sent meanwhile; read again now rather than at the poll.
+                notification = listener.try_recv() => { notification?; }
                 () = tokio::time::sleep(config.poll_interval) => {}
             }
             continue;

@@ -35,7 +35,6 @@ pub mod tables;
 
 use std::future::Future;
 use std::io::Write;
-use std::time::Duration;
 
 use axum::{Router, middleware};
 use service::auth::{AccessControl, AuthConfig, AuthConfigError, Authenticator, authorize};
@@ -45,10 +44,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::projection::{Projection, UnknownProjection};
 use crate::rebuild::RebuildError;
-
-/// How often the status gauges (`/metrics`) are refreshed while the projector runs:
-/// a Prometheus scrape every 15 s or so sees figures at most this old.
-pub const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 /// The projector's settings; every flag also reads the environment variable named.
 #[derive(Debug, Clone, clap::Parser)]
@@ -151,7 +146,12 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let pool = state.readiness.pool.clone();
     service::ops_router(state.readiness)
-        .merge(http::router(pool))
+        .merge(http::router(pool.clone()))
+        // Inside the access check: only an allowed scrape costs a statement.
+        .route_layer(middleware::from_fn_with_state(
+            status::ScrapeRefresh::new(pool),
+            status::refresh_before_scrape,
+        ))
         .route_layer(middleware::from_fn_with_state(state.access, authorize))
         // A problem body like every other refusal, rather than axum's empty 405.
         .method_not_allowed_fallback(|| async { error::AdminError::MethodNotAllowed })
@@ -233,26 +233,11 @@ async fn serve(
     }
     let stop = CancellationToken::new();
     let live = tokio::spawn(live::run(pool.clone(), nats.clone(), config.live(), stop.clone()));
-    let refresher = tokio::spawn(refresh_status(pool.clone(), stop.clone()));
     let state = AppState::new(Readiness { pool, nats }, authenticator);
     let served = service::serve::serve(listener, app(state), shutdown).await;
     stop.cancel();
     let _ = live.await;
-    let _ = refresher.await;
     served.map_err(RunError::Serve)
-}
-
-/// Keeps the status gauges fresh for `/metrics`.
-async fn refresh_status(pool: PgPool, stop: CancellationToken) {
-    loop {
-        if let Ok(statuses) = status::read(&pool).await {
-            status::publish_metrics(&statuses);
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(STATUS_REFRESH) => {}
-        }
-    }
 }
 
 #[cfg(test)]

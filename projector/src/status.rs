@@ -1,8 +1,21 @@
 //! Where each projection stands: its position, the event store's head, the lag in
 //! events and in seconds, and its state. The same figures for `projector status`,
 //! `GET /projections` and the Prometheus metrics.
+//!
+//! Computed on demand, never on a timer: `GET /projections` and `projector status` read
+//! them when asked, and the gauges are set just before each `/metrics` scrape
+//! ([`refresh_before_scrape`]). An idle projector then issues no statement for its
+//! status, and a scrape every 15 s costs one index lookup per projection every 15 s,
+//! where a refresh every second used to cost a statement a second.
 
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
+use event_store::error_chain;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -40,6 +53,62 @@ pub async fn read(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     )
     .fetch_all(pool)
     .await
+}
+
+/// The least time between two status reads for `/metrics`: scrapes closer together
+/// (several Prometheus servers, or anyone, since `/metrics` needs no token) share one
+/// read, so no scrape rate can make the projector issue more than one status statement
+/// a second.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What [`refresh_before_scrape`] needs: the pool and when it last read.
+#[derive(Clone)]
+pub struct ScrapeRefresh {
+    pool: PgPool,
+    last_read: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ScrapeRefresh {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            last_read: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Whether a read is due, marking it taken when it is: one caller per interval.
+    fn take_turn(&self) -> bool {
+        let now = Instant::now();
+        // A poisoned lock only means another scrape panicked mid-check; the instant it
+        // guards is still a valid instant.
+        let mut last = self.last_read.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|previous| now.duration_since(previous) >= MIN_REFRESH_INTERVAL);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+}
+
+/// Middleware: before `/metrics` renders, sets the status gauges from one fresh
+/// [`read`] (at most one per [`MIN_REFRESH_INTERVAL`]). Every other request passes
+/// untouched. A failed read leaves the previous figures (the scrape still answers with
+/// every other metric) and is logged.
+pub async fn refresh_before_scrape(
+    State(refresh): State<ScrapeRefresh>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/metrics" && refresh.take_turn() {
+        match read(&refresh.pool).await {
+            Ok(statuses) => publish_metrics(&statuses),
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                "could not read the projections' status for /metrics"
+            ),
+        }
+    }
+    next.run(request).await
 }
 
 /// The states a projection can be in, for the one-hot state gauge.

@@ -628,6 +628,15 @@ async fn append_poison(pool: &PgPool) -> i64 {
     position
 }
 
+/// The value of the sample named `series` (name and labels, as rendered) in a
+/// Prometheus text exposition.
+fn gauge(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.trim();
+        value.parse().ok()
+    })
+}
+
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn an_event_that_cannot_be_applied_stops_the_projection_and_shows_why(
     options: PgPoolOptions,
@@ -670,6 +679,34 @@ async fn an_event_that_cannot_be_applied_stops_the_projection_and_shows_why(
         assert!(item["lag"].as_i64().expect("lag") > 1, "{item}");
         let error = item["error"].as_str().expect("an error");
         assert!(error.contains(&format!("position {poison}")), "{error}");
+    }
+    // The gauges say the same when `/metrics` is scraped: they are read at the scrape
+    // (no test but this one in this binary reads them, so no other test moves them).
+    let response = harness
+        .app()
+        .oneshot(Request::get("/metrics").body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .expect("body");
+    let metrics = String::from_utf8_lossy(&body);
+    for projection in Projection::ALL {
+        let name = projection.name();
+        assert_eq!(
+            gauge(
+                &metrics,
+                &format!("projector_state{{projection=\"{name}\",state=\"stopped\"}}")
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            gauge(&metrics, &format!("projector_position{{projection=\"{name}\"}}")),
+            Some((poison - 1) as f64),
+            "{metrics}"
+        );
     }
     // It stays stopped; nothing after the poisoned event is applied.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -35,9 +35,10 @@ pub fn reader_options(database_url: &str, reader_url: Option<&str>) -> Result<Pg
     Ok(restrict(options))
 }
 
-/// Makes every session of `options` read-only and bounded in time.
+/// Makes every session of `options` read-only and bounded in time, with every
+/// process's [`service::database::session_settings`].
 pub fn restrict(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([
+    service::database::session_settings(options).options([
         ("default_transaction_read_only", "on".to_owned()),
         (
             "statement_timeout",

@@ -1,10 +1,11 @@
 //! Connecting to PostgreSQL the way every process must: create the database when it is
 //! missing, then apply every migration, before serving anything.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
 use super::StartupError;
@@ -39,11 +40,31 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         })
 }
 
+/// The session settings every eventledger connection starts with, sent in the startup
+/// packet (no statement of their own, and a pooled connection cannot lose them).
+///
+/// `jit = off`: every statement eventledger runs is a short index lookup or a bounded
+/// batch, where compiling the plan costs far more than it saves (a few milliseconds
+/// against microseconds). PostgreSQL decides to compile from the planner's cost
+/// estimate, and a table with no statistics yet (a fresh read model, a just-swapped
+/// rebuild table) can be estimated at millions: the projector's status query was once
+/// compiled on every run, a third of a core. Turning it off per session keeps the rest
+/// of the server's settings untouched.
+pub fn session_settings(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("jit", "off")])
+}
+
+/// The connection options for `url` with the [`session_settings`].
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(session_settings(PgConnectOptions::from_str(url)?))
+}
+
 /// PostgreSQL's SQLSTATE for "database already exists": another process created it
 /// between our check and our create, which is what we wanted.
 const DUPLICATE_DATABASE: &str = "42P04";
 
-/// Creates the database if missing, connects a pool and applies the migrations.
+/// Creates the database if missing, connects a pool (with the [`session_settings`]) and
+/// applies the migrations.
 /// Migrations take an advisory lock, so processes starting together do not collide.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
     let exists = Postgres::database_exists(url)
@@ -59,7 +80,7 @@ pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPo
         }
     }
     let pool = pool_options(max_connections)
-        .connect(url)
+        .connect_with(connect_options(url).map_err(StartupError::Database)?)
         .await
         .map_err(StartupError::Database)?;
     event_store::MIGRATOR.run(&pool).await?;

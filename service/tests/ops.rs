@@ -83,7 +83,7 @@ async fn a_process_whose_database_is_unreachable_is_not_ready(pool: PgPool) {
 }
 
 /// Run on a database name nobody else uses, then dropped: the start-up path a fresh
-/// deployment takes.
+/// deployment takes, with the session settings every connection gets.
 #[tokio::test]
 async fn a_missing_database_is_created_and_migrated_on_start() {
     use sqlx::migrate::MigrateDatabase;
@@ -101,6 +101,16 @@ async fn a_missing_database_is_created_and_migrated_on_start() {
         .await
         .expect("head");
     assert_eq!(head, 0);
+    // Every connection of the pool starts with JIT compilation off, whatever the server's
+    // default (on, in PostgreSQL 15).
+    for _ in 0..2 {
+        let mut connection = pool.acquire().await.expect("connection");
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("jit");
+        assert_eq!(jit, "off");
+    }
     // A second start finds everything in place.
     let again = service::database::connect_and_migrate(&url, 2)
         .await

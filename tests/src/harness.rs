@@ -96,6 +96,11 @@ impl Process {
         format!("http://{}{path}", self.address)
     }
 
+    /// The operating-system process id while it runs, for reading its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         // Logs go to the test's stderr so a failing test shows them, unless the test
         // reads them from a file (appended to, so a restart keeps the earlier lines).
@@ -311,6 +316,14 @@ impl System {
         self.processes
             .get_mut(&binary)
             .with_context(|| format!("{} was not started", binary.name()))
+    }
+
+    /// The process id of each running process, for reading their CPU time.
+    pub fn pids(&self) -> Vec<(Binary, u32)> {
+        self.processes
+            .iter()
+            .filter_map(|(binary, process)| Some((*binary, process.pid()?)))
+            .collect()
     }
 
     pub fn url(&self, binary: Binary, path: &str) -> String {

@@ -8,8 +8,12 @@
 //!   per test, for end-to-end tests that stop, kill and restart them.
 //! - [`nats_server`]: a private NATS server for tests that stop and restart NATS, which
 //!   the shared one must never be.
+//! - [`profile`]: CPU time per process and for PostgreSQL, and PostgreSQL's own
+//!   statement statistics, for benchmarks on the profiled PostgreSQL.
+//! - `src/bin/bench-idle.rs`: what the whole system costs at rest.
 //! - `src/bin/bench-append.rs`: the event store's append throughput.
 
 pub mod bench;
 pub mod harness;
 pub mod nats_server;
+pub mod profile;

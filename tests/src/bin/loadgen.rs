@@ -32,6 +32,7 @@ use tests::bench::{
     BenchDatabase, LatencyRun, jetstream_publish_rate, machine, plain_insert_commit_rate, rate_with_latency,
 };
 use tests::harness::{Binary, System};
+use tests::profile::{Cost, CpuSnapshot, PostgresCluster, reset_statements};
 
 /// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
 #[global_allocator]
@@ -94,6 +95,13 @@ struct Args {
     /// NATS server for the JetStream publish-rate baseline (a throwaway stream is used).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Also report, per scenario, each process's and PostgreSQL's CPU time per operation
+    /// and the top statements by total time (`pg_stat_statements`). Needs
+    /// `--start-system` and `DATABASE_URL` pointing at the profiled PostgreSQL of
+    /// `scripts/pg-profiled.sh` (as `scripts/bench.sh` does), so that the cluster's CPU is
+    /// the system's alone.
+    #[arg(long, requires = "start_system")]
+    profile: bool,
     /// Where `report.md` and `report.json` go.
     #[arg(long, default_value = "bench-results")]
     report_dir: PathBuf,
@@ -557,6 +565,38 @@ fn row(name: &str, run: &LatencyRun, limit: Option<(&str, f64)>) -> (String, Val
     (markdown, json)
 }
 
+/// Statements listed per profiled scenario: the few that hold nearly all the time.
+const PROFILE_TOP_STATEMENTS: usize = 8;
+
+/// The profiled PostgreSQL of a system this run started, and the system's processes.
+struct Profiler<'a> {
+    system: &'a System,
+    pool: sqlx::PgPool,
+    cluster: PostgresCluster,
+}
+
+impl<'a> Profiler<'a> {
+    async fn connect(system: &'a System, database_url: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        let cluster = PostgresCluster::locate(&pool).await?;
+        reset_statements(&pool).await?;
+        Ok(Self {
+            system,
+            pool,
+            cluster,
+        })
+    }
+
+    async fn start(&self) -> anyhow::Result<CpuSnapshot> {
+        reset_statements(&self.pool).await?;
+        Ok(CpuSnapshot::take(self.system, &self.cluster))
+    }
+
+    async fn finish(&self, before: &CpuSnapshot) -> anyhow::Result<Cost> {
+        Cost::since(before, self.system, &self.cluster, &self.pool).await
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -627,10 +667,23 @@ async fn main() -> anyhow::Result<()> {
         format!("| JetStream publish, awaiting each ack | {publish_1:.0} | | | | | | limit |"),
         format!("| JetStream publish, 256 acks in flight | {publish_256:.0} | | | | | | limit |"),
     ];
+    let profiler = match (&system, args.profile) {
+        (Some(system), true) => Some(Profiler::connect(system, &args.database_url).await?),
+        _ => None,
+    };
+    let mut profiles = Vec::new();
     let mut scenarios = Vec::new();
     let mut deposit_rate = None;
     for &scenario in &args.scenario {
+        let before = match &profiler {
+            Some(profiler) => Some(profiler.start().await?),
+            None => None,
+        };
         let run = run_scenario(&api, &args, scenario, &accounts, &transfer_accounts).await?;
+        if let (Some(profiler), Some(before)) = (&profiler, &before) {
+            let cost = profiler.finish(before).await?;
+            profiles.push((scenario.title(), run.latency_us.len(), cost));
+        }
         let (line, json) = row(
             scenario.title(),
             &run,
@@ -689,6 +742,23 @@ async fn main() -> anyhow::Result<()> {
         json!({ "events": events, "seconds": seconds, "events_per_second": events as f64 / seconds })
     };
 
+    for (title, operations, cost) in &profiles {
+        markdown.push(String::new());
+        markdown.push(format!(
+            "#### Where the time went: {title} ({operations} operations in {:.1} s)\n",
+            cost.seconds
+        ));
+        markdown.push(cost.markdown(Some(*operations), PROFILE_TOP_STATEMENTS));
+    }
+    // The profiler borrows the system, which is shut down below.
+    if let Some(profiler) = profiler {
+        profiler.pool.close().await;
+    }
+    let profiles_json: Vec<Value> = profiles
+        .iter()
+        .map(|(title, operations, cost)| json!({ "scenario": title, "operations": operations, "cost": cost }))
+        .collect();
+
     let report = json!({
         "machine": machine(),
         "connections": args.connections,
@@ -703,6 +773,7 @@ async fn main() -> anyhow::Result<()> {
         "visibility_lag": lag_json,
         "visibility_lag_under_load": loaded_lag_json,
         "rebuild": rebuild,
+        "profiles": profiles_json,
     });
     std::fs::create_dir_all(&args.report_dir)?;
     let table = markdown.join("\n") + "\n";
