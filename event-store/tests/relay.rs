@@ -70,7 +70,9 @@ fn event(n: u64) -> NewEvent {
             idempotency_key: None,
             // Every other event carries a trace context, as a request with a
             // `traceparent` header leaves it.
-            trace: (n % 2 == 0).then(|| format!("00-{:032x}-{:016x}-01", n + 1, n + 1)),
+            trace: n
+                .is_multiple_of(2)
+                .then(|| format!("00-{:032x}-{:016x}-01", n + 1, n + 1)),
         },
     }
 }

@@ -57,7 +57,7 @@ async fn the_same_key_with_another_body_is_422_and_writes_nothing(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
-async fn a_refused_command_does_not_store_its_key_so_a_later_retry_can_succeed(pool: PgPool) {
+async fn a_refusal_of_the_domain_is_replayed_under_its_key_even_after_the_state_changed(pool: PgPool) {
     let app = spawn_app(pool).await;
     let account = app.open_account(0).await;
     let path = format!("/accounts/{account}/withdrawals");
@@ -65,9 +65,11 @@ async fn a_refused_command_does_not_store_its_key_so_a_later_retry_can_succeed(p
     let refused = app.post_with(&path, json!({"amount": 5}), &headers).await;
     assert_eq!(refused.problem(), "insufficient-funds");
     app.deposit(account, 5).await;
+    let events_before_retry = app.event_count().await;
     let retried = app.post_with(&path, json!({"amount": 5}), &headers).await;
-    assert_eq!(retried.status, 200, "{}", retried.body);
-    assert_eq!(retried.header("idempotent-replayed"), None);
+    assert_eq!((retried.status, retried.problem()), (422, "insufficient-funds"));
+    assert_eq!(retried.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.event_count().await, events_before_retry);
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
