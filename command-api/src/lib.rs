@@ -214,6 +214,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // First, before any connection: a misconfigured process should fail fast and plainly.
+    config.common.check().map_err(StartupError::from)?;
     let authenticator = Authenticator::from_config(&config.auth)?;
     let vault = Vault::from_config(&config.pii, config.auth.insecure_development_auth)?;
     let pool = service::database::connect_and_migrate(

@@ -10,6 +10,7 @@
 //!   time or many in one transaction (group commit).
 //! - [`read`]: a stream in version order, the whole log from a position, the head.
 //! - [`pii`]: personal data sealed under per-account keys, erased by destroying the key.
+//! - [`bus`]: the JetStream stream's shape, replication and retention window.
 //! - [`relay`]: publishes committed events to JetStream in position order.
 //! - [`subscription`]: the durable JetStream pull consumer that reads what the relay
 //!   published, in batches.
@@ -27,6 +28,7 @@
 //! 4. Stream versions are contiguous from 1; [`read::EventStore::read_stream`] asserts it.
 
 pub mod append;
+pub mod bus;
 pub mod envelope;
 pub mod error;
 pub mod pii;

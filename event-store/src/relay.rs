@@ -66,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
+use crate::bus::{self, StreamLimits};
 use crate::envelope::RecordedEvent;
 use crate::error::{StoreError, error_chain};
 use crate::read::{EventStore, check_contiguous};
@@ -107,6 +108,8 @@ pub struct RelayConfig {
     pub name: String,
     pub stream_name: String,
     pub subject_prefix: String,
+    /// The stream's replication and retention, applied when the relay creates or finds it.
+    pub stream_limits: StreamLimits,
     /// Events read from PostgreSQL per round; bounds memory and the checkpoint's step.
     pub batch_size: i64,
     /// Publishes awaiting their ack at once. JetStream reaches about 130k msg/s with 256
@@ -130,6 +133,7 @@ impl RelayConfig {
             name: name.into(),
             stream_name: STREAM_NAME.to_owned(),
             subject_prefix: SUBJECT_PREFIX.to_owned(),
+            stream_limits: StreamLimits::default(),
             batch_size: 2_048,
             max_in_flight: 256,
             poll_interval: IDLE_POLL_INTERVAL,
@@ -150,7 +154,7 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error("database failed")]
     Database(#[from] sqlx::Error),
-    #[error("could not create or find the JetStream stream")]
+    #[error("could not create, find or update the JetStream stream")]
     Stream(#[from] jetstream::context::CreateStreamError),
     #[error("could not read the JetStream stream's state")]
     StreamInfo(#[from] jetstream::stream::InfoError),
@@ -191,24 +195,6 @@ pub fn subject_for(prefix: &str, stream_id: &str) -> String {
             .collect()
     };
     format!("{prefix}.{}.{}", clean(category), clean(id))
-}
-
-/// Creates the stream if it does not exist. File storage, and a duplicate window long
-/// enough to cover a relay restart.
-pub async fn ensure_stream(
-    jetstream: &jetstream::Context,
-    stream_name: &str,
-    subject_prefix: &str,
-) -> Result<jetstream::stream::Stream, RelayError> {
-    Ok(jetstream
-        .get_or_create_stream(jetstream::stream::Config {
-            name: stream_name.to_owned(),
-            subjects: vec![format!("{subject_prefix}.>")],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await?)
 }
 
 /// JetStream's de-duplication window; two minutes is the server default. A round starts
@@ -319,7 +305,13 @@ async fn publish_loop(
     }
     let mut listener = PgListener::connect_with(store.pool()).await?;
     listener.listen(crate::APPENDED_CHANNEL).await?;
-    let mut stream = ensure_stream(jetstream, &config.stream_name, &config.subject_prefix).await?;
+    let mut stream = bus::ensure_stream(
+        jetstream,
+        &config.stream_name,
+        &config.subject_prefix,
+        &config.stream_limits,
+    )
+    .await?;
     let checkpoint = load_checkpoint(store, &config.name).await?;
     let mut tail = find_tail(store, &mut stream, checkpoint).await?;
     if tail.position > checkpoint {

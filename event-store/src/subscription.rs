@@ -14,8 +14,9 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::{FutureExt, StreamExt};
 use tracing::{instrument, warn};
 
+use crate::bus::{self, StreamLimits};
 use crate::envelope::RecordedEvent;
-use crate::relay::{self, POSITION_HEADER, RelayError};
+use crate::relay::{POSITION_HEADER, RelayError};
 
 /// How long the server waits for an ack before redelivering. Long enough for a batch to
 /// commit under load (a batch commits in milliseconds; a slow disk, in seconds), short
@@ -36,6 +37,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub struct SubscriptionConfig {
     pub stream_name: String,
     pub subject_prefix: String,
+    /// The stream's replication and retention, applied if the subscription creates it.
+    /// The consumer inherits the stream's replicas.
+    pub stream_limits: StreamLimits,
     /// The durable consumer's name: one per projection, so each keeps its own place.
     pub durable_name: String,
     /// Most messages one pull request asks for, and one [`Subscription::next_batch`]
@@ -126,7 +130,13 @@ impl Subscription {
         config: &SubscriptionConfig,
     ) -> Result<Self, SubscriptionError> {
         let jetstream = jetstream::new(client);
-        let stream = relay::ensure_stream(&jetstream, &config.stream_name, &config.subject_prefix).await?;
+        let stream = bus::ensure_stream(
+            &jetstream,
+            &config.stream_name,
+            &config.subject_prefix,
+            &config.stream_limits,
+        )
+        .await?;
         let consumer: jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &config.durable_name,

@@ -123,10 +123,11 @@ async fn kill(relay: JoinHandle<()>) {
 }
 
 async fn stream_of(client: &async_nats::Client, config: &RelayConfig) -> Stream {
-    relay::ensure_stream(
+    event_store::bus::ensure_stream(
         &jetstream::new(client.clone()),
         &config.stream_name,
         &config.subject_prefix,
+        &config.stream_limits,
     )
     .await
     .expect("stream")

@@ -172,6 +172,7 @@ impl Config {
             .unwrap_or(&self.common.events_subject_prefix);
         let mut live = live::LiveConfig::new(stream_name, subject_prefix);
         live.consumer_prefix = self.consumer_prefix.clone();
+        live.stream_limits = self.common.stream_limits();
         live
     }
 }

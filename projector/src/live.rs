@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use event_store::bus::StreamLimits;
 use event_store::subscription::{Delivery, Subscription, SubscriptionConfig, SubscriptionError};
 use event_store::{EventStore, RecordedEvent, StoreError, error_chain, read::check_contiguous};
 use sqlx::PgPool;
@@ -29,6 +30,8 @@ use crate::projection::Projection;
 pub struct LiveConfig {
     pub stream_name: String,
     pub subject_prefix: String,
+    /// The stream's replication and retention, applied if a projector creates it.
+    pub stream_limits: StreamLimits,
     /// Durable consumers are named `<consumer_prefix>_<projection>`.
     pub consumer_prefix: String,
     /// Most events per transaction. Large enough that a commit's fsync is shared by many
@@ -60,6 +63,7 @@ impl LiveConfig {
         Self {
             stream_name: stream_name.into(),
             subject_prefix: subject_prefix.into(),
+            stream_limits: StreamLimits::default(),
             consumer_prefix: "projector".to_owned(),
             batch_size: LIVE_BATCH_SIZE,
             idle_wait: IDLE_STORE_CHECK,
@@ -192,6 +196,7 @@ async fn follow(
         &SubscriptionConfig {
             stream_name: config.stream_name.clone(),
             subject_prefix: config.subject_prefix.clone(),
+            stream_limits: config.stream_limits,
             durable_name: config.durable_name(projection),
             max_batch: config.batch_size,
         },

@@ -272,7 +272,7 @@ impl Harness {
         let subject_prefix = format!("testproj.{unique}");
         let nats = async_nats::connect(NATS_URL).await.expect("NATS");
         let jetstream = async_nats::jetstream::new(nats.clone());
-        relay::ensure_stream(&jetstream, &stream_name, &subject_prefix)
+        event_store::bus::ensure_stream(&jetstream, &stream_name, &subject_prefix, &Default::default())
             .await
             .expect("stream");
         let store = EventStore::new(pool.clone());

@@ -18,7 +18,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{CommonConfig, LogFormat};
+pub use config::{CommonConfig, ConfigError, LogFormat};
 pub use limits::HttpLimits;
 pub use ops::{Readiness, ops_router};
 pub use shutdown::shutdown_signal;
@@ -26,6 +26,8 @@ pub use shutdown::shutdown_signal;
 /// Why a process could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("could not reach or create the database")]
     Database(#[source] sqlx::Error),
     #[error("could not apply the migrations")]

@@ -347,7 +347,7 @@ impl System {
         if Postgres::database_exists(&self.database_url).await? {
             Postgres::force_drop_database(&self.database_url).await?;
         }
-        let client = async_nats::connect(&self.nats_url).await?;
+        let client = async_nats::connect(service::nats::server_addrs(&self.nats_url)?).await?;
         // The stream exists only once the relay ran; a missing one is fine.
         let _ = async_nats::jetstream::new(client)
             .delete_stream(&self.stream_name)

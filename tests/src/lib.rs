@@ -15,5 +15,6 @@
 
 pub mod bench;
 pub mod harness;
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod profile;

@@ -28,6 +28,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
+    /// A configuration file to run with instead of the command-line flags: a node of a
+    /// [`crate::nats_cluster::NatsCluster`].
+    config_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,10 +47,23 @@ impl NatsServer {
         let mut server = Self {
             port,
             store_dir,
+            config_file: None,
             child: None,
         };
         server.spawn().await?;
         Ok(server)
+    }
+
+    /// A server that will run with `config_file` (which names `port` and a store under
+    /// `store_dir`), not started yet: the nodes of a cluster are started together, since
+    /// none answers JetStream requests before a majority runs.
+    pub(crate) fn configured(port: u16, store_dir: PathBuf, config_file: PathBuf) -> Self {
+        Self {
+            port,
+            store_dir,
+            config_file: Some(config_file),
+            child: None,
+        }
     }
 
     /// The URL clients connect to; it stays the same across restarts.
@@ -61,15 +77,26 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_unready()?;
+        self.wait_ready().await
+    }
+
+    /// Starts the process without waiting for it to answer.
+    pub(crate) fn spawn_unready(&mut self) -> anyhow::Result<()> {
         let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| DEFAULT_BINARY.to_owned());
-        let child = Command::new(&binary)
-            .arg("-js")
-            .arg("-sd")
-            .arg(&self.store_dir)
-            .arg("-a")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(self.port.to_string())
+        let mut command = Command::new(&binary);
+        match &self.config_file {
+            Some(config_file) => command.arg("-c").arg(config_file),
+            None => command
+                .arg("-js")
+                .arg("-sd")
+                .arg(&self.store_dir)
+                .arg("-a")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(self.port.to_string()),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // The server logs every client connecting; a test's output needs none of it.
@@ -78,12 +105,12 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("spawning {binary}"))?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     /// Waits until JetStream answers an account request on the server's port, or fails if
     /// the server exits first.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()

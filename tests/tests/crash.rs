@@ -33,6 +33,7 @@ use service::auth::Role;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tests::harness::{Binary, System};
+use tests::nats_cluster::NatsCluster;
 use tests::nats_server::NatsServer;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -577,7 +578,7 @@ async fn check_stream(system: &System, pool: &PgPool, head: i64) -> anyhow::Resu
         .into_iter()
         .collect();
 
-    let client = async_nats::connect(&system.nats_url).await?;
+    let client = async_nats::connect(service::nats::server_addrs(&system.nats_url)?).await?;
     let jetstream = jetstream::new(client);
     let mut stream = jetstream.get_stream(&system.stream_name).await?;
     let state = stream.info().await?.state.clone();
@@ -703,6 +704,24 @@ async fn check_everything(system: &System, record: &Record) -> anyhow::Result<()
     Ok(())
 }
 
+/// The JetStream stream's state (messages, first and last sequence) and, in a cluster,
+/// how many of its replicas other than the leader are current.
+async fn stream_state(system: &System) -> anyhow::Result<(u64, u64, u64, Option<usize>)> {
+    let client = async_nats::connect(service::nats::server_addrs(&system.nats_url)?).await?;
+    let mut stream = jetstream::new(client).get_stream(&system.stream_name).await?;
+    let info = stream.info().await?;
+    let current = info
+        .cluster
+        .as_ref()
+        .map(|cluster| cluster.replicas.iter().filter(|replica| replica.current).count());
+    Ok((
+        info.state.messages,
+        info.state.first_sequence,
+        info.state.last_sequence,
+        current,
+    ))
+}
+
 #[tokio::test]
 async fn killing_the_projector_under_load_loses_nothing_and_matches_a_rebuild() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -803,5 +822,132 @@ async fn killing_the_command_api_and_its_relay_under_load_loses_and_duplicates_n
     check_everything(&system, &record)
         .await
         .expect("after the crashes");
+    system.shut_down().await.expect("shut down");
+}
+
+#[tokio::test]
+async fn killing_the_nats_node_that_leads_the_stream_loses_and_duplicates_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = Seed::choose("NATS stream leader kill -9");
+    let mut cluster = NatsCluster::start(3).await.expect("a 3-node NATS cluster");
+    let mut system = System::start_with_nats(&[], &cluster.urls())
+        .await
+        .expect("system");
+    for binary in [Binary::CommandApi, Binary::Projector] {
+        system
+            .add_configured(binary, &[("EVENTS_STREAM_REPLICAS", "3")], None)
+            .await
+            .expect("process on the cluster");
+    }
+    let client = Client::new(&system).expect("client");
+    let (accounts, setup) = open_accounts(&client, &seed).await.expect("accounts");
+    let mut chaos = seed.random(2);
+
+    let load = Load::start(&client, &accounts, &seed);
+    let mut leaders = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(chaos.millis(500, 1_500)).await;
+        let leader = cluster
+            .stream_leader(&system.stream_name)
+            .await
+            .expect("the stream's leader");
+        leaders.push(cluster.name(leader).to_owned());
+        cluster
+            .node(leader)
+            .kill_hard()
+            .await
+            .expect("kill -9 the leader");
+        // Long enough for the other two to elect a new leader and take publishes.
+        tokio::time::sleep(chaos.millis(2_000, 4_000)).await;
+        cluster.node(leader).restart().await.expect("the node again");
+    }
+    tokio::time::sleep(chaos.millis(500, 1_500)).await;
+    let record = load.finish(setup).await.expect("load");
+    eprintln!("killed the stream's leader, in turn: {leaders:?}");
+
+    check_everything(&system, &record)
+        .await
+        .expect("after losing the leader twice");
+    // Every copy is back: the two replicas other than the leader are current.
+    wait_for("every replica of the stream current", || async {
+        let (_, _, _, current) = stream_state(&system).await?;
+        Ok(if current == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("current replicas besides the leader: {current:?}"))
+        })
+    })
+    .await
+    .expect("replicas caught up");
+    system.shut_down().await.expect("shut down");
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn a_projector_stopped_for_longer_than_the_streams_retention_catches_up_from_postgresql() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = Seed::choose("projector down past the retention window");
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut system = System::start_with_nats(&[], &nats_url).await.expect("system");
+    // A one-second window: whatever the projector misses while it is down for longer is
+    // gone from the stream by the time it returns.
+    for binary in [Binary::CommandApi, Binary::Projector] {
+        system
+            .add_configured(binary, &[("EVENTS_STREAM_MAX_AGE_SECONDS", "1")], None)
+            .await
+            .expect("process");
+    }
+    let client = Client::new(&system).expect("client");
+    let (accounts, setup) = open_accounts(&client, &seed).await.expect("accounts");
+    let mut chaos = seed.random(2);
+    let pool = connect(&system).await.expect("database");
+
+    let load = Load::start(&client, &accounts, &seed);
+    tokio::time::sleep(chaos.millis(300, 1_000)).await;
+    let projector = system.process(Binary::Projector).expect("projector");
+    projector.kill_hard().await.expect("kill -9");
+    let stopped_at: i64 = sqlx::query_scalar("SELECT min(position) FROM read_model.projection_checkpoints")
+        .fetch_one(&pool)
+        .await
+        .expect("checkpoints");
+    // Wait until the stream has dropped events the projector never saw.
+    wait_for(
+        "the stream to drop events past the projector's checkpoint",
+        || async {
+            let (_, first, last, _) = stream_state(&system).await?;
+            let relayed_past = i64::try_from(last)? > stopped_at + 1;
+            let dropped_past = i64::try_from(first)? > stopped_at + 1 || (first == 0 && last > 0);
+            Ok(if relayed_past && dropped_past {
+                Ok(())
+            } else {
+                Err(format!("checkpoint {stopped_at}, stream {first}..={last}"))
+            })
+        },
+    )
+    .await
+    .expect("retention dropped what the projector missed");
+    let projector = system.process(Binary::Projector).expect("projector");
+    projector.restart().await.expect("restart");
+    tokio::time::sleep(chaos.millis(500, 1_500)).await;
+    let record = load.finish(setup).await.expect("load");
+
+    let head = head(&pool).await.expect("head");
+    wait_until_projected(&pool, head).await.expect("caught up");
+    check_acknowledged(&pool, &record, head)
+        .await
+        .expect("nothing lost");
+    // Published once each, in order: the fenced relay gives position N sequence N, so
+    // the last sequence is the head exactly (the earlier messages have aged out).
+    wait_until_relayed(&pool, head).await.expect("relayed");
+    let (_, _, last, _) = stream_state(&system).await.expect("stream");
+    assert_eq!(
+        last,
+        u64::try_from(head).expect("head"),
+        "the stream's last sequence"
+    );
+    check_rebuild_equals_live(&system, &pool)
+        .await
+        .expect("live equals a rebuild");
+    pool.close().await;
     system.shut_down().await.expect("shut down");
 }

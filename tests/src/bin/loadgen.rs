@@ -634,7 +634,7 @@ async fn main() -> anyhow::Result<()> {
     let commits_1 = plain_insert_commit_rate(&baseline_database.pool, 1, seconds).await?;
     let commits_16 = plain_insert_commit_rate(&baseline_database.pool, 16, seconds).await?;
     baseline_database.drop_now().await?;
-    let nats = async_nats::connect(&args.nats_url).await?;
+    let nats = async_nats::connect(service::nats::server_addrs(&args.nats_url)?).await?;
     let publish_1 = jetstream_publish_rate(&nats, 1, seconds).await?;
     let publish_256 = jetstream_publish_rate(&nats, 256, seconds).await?;
 
