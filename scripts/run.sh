@@ -115,4 +115,11 @@ Try:
   curl -s -H "Authorization: Bearer \$TOKEN" http://$PROJECTOR_ADDR/projections
 Press ctrl-c to stop what this command started.
 TXT
-if [ ${#started[@]} -gt 0 ]; then wait -n "${started[@]}"; echo "a process exited; see $log_dir" >&2; exit 1; else sleep infinity; fi
+if [ ${#started[@]} -eq 0 ]; then sleep infinity; fi
+# The processes stop cleanly (status 0) on ctrl-c, which reaches them too; any other
+# status is a crash worth pointing at.
+status=0
+wait -n "${started[@]}" || status=$?
+if [ "$status" -eq 0 ] || [ "$status" -ge 128 ]; then exit 0; fi
+echo "a process exited with status $status; see $log_dir" >&2
+exit 1

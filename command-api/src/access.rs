@@ -63,10 +63,9 @@ pub const ACCESS: &[Access] = &[
     },
 ];
 
-/// The longest `sub` accepted as an actor, in characters: the bound of
-/// `idempotency_keys.actor`, so that no caller's key can fail to store (and with it the
-/// group commit its command shares with others).
-pub const MAX_ACTOR_CHARS: usize = 255;
+/// Every process refuses a token whose `sub` could not be recorded as an actor
+/// (`service::auth`); the command API is where it is recorded.
+pub use service::auth::{MAX_ACTOR_CHARS, is_recordable_actor};
 
 /// The authenticated caller of a command, put into the request by the `authorize`
 /// middleware. A request without one (a route opened to everyone by mistake) is
@@ -83,43 +82,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Principal>()
             .cloned()
             .ok_or(AuthError::MissingToken)?;
-        if !is_recordable_actor(&principal.subject) {
-            return Err(AuthError::InvalidToken);
-        }
+        // `authenticate` refused every `sub` that is not a recordable actor.
+        debug_assert!(is_recordable_actor(&principal.subject));
         Ok(Caller(principal))
-    }
-}
-
-/// Whether `subject` can be stored as an actor: 1 to [`MAX_ACTOR_CHARS`] characters, none
-/// refused by the ledger's text rule (`domain::text::is_refused_char`: PostgreSQL refuses
-/// NUL in `text` and `jsonb`, and the audit log must not carry control, format or
-/// invisible characters that make two actors look alike). A validly signed token with
-/// another `sub` is still not one this service can record, so it is refused as invalid.
-pub fn is_recordable_actor(subject: &str) -> bool {
-    let chars = subject.chars().count();
-    (1..=MAX_ACTOR_CHARS).contains(&chars) && domain::text::first_refused_char(subject).is_none()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_actor_must_be_short_visible_text() {
-        assert!(is_recordable_actor("alice@example.com"));
-        assert!(is_recordable_actor(&"é".repeat(MAX_ACTOR_CHARS)));
-        assert!(!is_recordable_actor(""));
-        assert!(!is_recordable_actor(&"a".repeat(MAX_ACTOR_CHARS + 1)));
-        assert!(!is_recordable_actor("nul\0inside"));
-        assert!(!is_recordable_actor("line\nbreak"));
-        for invisible in [
-            "alice\u{00AD}",
-            "al\u{200B}ice",
-            "\u{202E}ecila",
-            "alice\u{E000}",
-            "a\u{3164}",
-        ] {
-            assert!(!is_recordable_actor(invisible), "{invisible:?}");
-        }
     }
 }

@@ -95,7 +95,9 @@ pub enum ApiError {
 fn precondition_detail(expected: &Option<u64>, actual: &Option<u64>) -> String {
     let current = match actual {
         Some(version) => format!("the account is at version {version}"),
-        None => "the account does not exist".to_owned(),
+        // Only a new resource (an account being opened, a transfer) has no version: a
+        // command on an unknown account is 404 before its preconditions are read.
+        None => "the resource is new and has no version to match".to_owned(),
     };
     match expected {
         Some(version) => format!("{current}, not {version}"),

@@ -72,14 +72,16 @@ where
     }
 }
 
-/// Parses `bytes` as `T`. An empty body with no content type means `{}`, so that the
-/// commands whose fields are all optional (`freeze`, `close`, ...) need no body.
+/// Parses `bytes` as `T`. An empty body means `{}` (with no content type, or with a JSON
+/// one: a client library that always sends `Content-Type: application/json` has still
+/// sent no body), so that the commands whose fields are all optional (`freeze`, `close`,
+/// ...) need none; a command with required fields then names the first one missing.
 fn parse_body<T: DeserializeOwned>(
     declared_json: Option<bool>,
     bytes: &[u8],
 ) -> Result<JsonBody<T>, ApiError> {
     let raw: &[u8] = match declared_json {
-        None if bytes.is_empty() => b"{}",
+        None | Some(true) if bytes.is_empty() => b"{}",
         Some(true) => bytes,
         None | Some(false) => return Err(ApiError::UnsupportedMediaType),
     };
@@ -287,6 +289,22 @@ mod tests {
     fn an_empty_body_without_content_type_reads_as_an_empty_object() {
         let body: JsonBody<Sample> = parse_body(None, b"").expect("empty body reads");
         assert_eq!(body.canonical, b"{}");
+    }
+
+    #[test]
+    fn an_empty_body_with_a_json_content_type_is_an_omitted_body_too() {
+        let body: JsonBody<Sample> = parse_body(Some(true), b"").expect("empty body reads");
+        assert_eq!(body.canonical, b"{}");
+        // Where a field is required, the client learns which, not that "" is not JSON.
+        #[derive(Debug, serde::Deserialize)]
+        struct Required {
+            #[allow(dead_code)]
+            amount: i64,
+        }
+        match parse_body::<Required>(Some(true), b"").err() {
+            Some(ApiError::InvalidBody(detail)) => assert!(detail.contains("amount"), "{detail}"),
+            other => panic!("expected invalid-body naming amount, got {other:?}"),
+        }
     }
 
     #[test]

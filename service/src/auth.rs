@@ -308,6 +308,9 @@ impl Authenticator {
                 return Err(AuthError::InvalidToken);
             }
         }
+        if !is_recordable_actor(&data.claims.sub) {
+            return Err(AuthError::InvalidToken);
+        }
         let roles = data
             .claims
             .roles
@@ -319,6 +322,22 @@ impl Authenticator {
             roles,
         })
     }
+}
+
+/// The longest `sub` accepted, in characters: the bound of `idempotency_keys.actor`, so
+/// that no caller's key can fail to store (and with it the group commit its command
+/// shares with others).
+pub const MAX_ACTOR_CHARS: usize = 255;
+
+/// Whether `subject` can be stored as an actor: 1 to [`MAX_ACTOR_CHARS`] characters, none
+/// refused by the ledger's text rule (`domain::text::first_refused_char`: PostgreSQL
+/// refuses NUL in `text` and `jsonb`, and the audit log must not carry control, format or
+/// invisible characters that make two actors look alike). Every process refuses a
+/// validly signed token with another `sub` as invalid (API.md, "Security"), not only the
+/// command API that records it: a caller is the same caller, or none, everywhere.
+pub fn is_recordable_actor(subject: &str) -> bool {
+    let chars = subject.chars().count();
+    (1..=MAX_ACTOR_CHARS).contains(&chars) && domain::text::first_refused_char(subject).is_none()
 }
 
 /// The token of an `Authorization` value `<scheme> <token68>` whose scheme is `Bearer`
@@ -530,6 +549,38 @@ mod tests {
             engine.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#)),
             engine.encode(claims)
         )
+    }
+
+    #[test]
+    fn an_actor_must_be_short_visible_text() {
+        assert!(is_recordable_actor("alice@example.com"));
+        assert!(is_recordable_actor(&"é".repeat(MAX_ACTOR_CHARS)));
+        assert!(!is_recordable_actor(""));
+        assert!(!is_recordable_actor(&"a".repeat(MAX_ACTOR_CHARS + 1)));
+        assert!(!is_recordable_actor("nul\0inside"));
+        assert!(!is_recordable_actor("line\nbreak"));
+        for invisible in [
+            "alice\u{00AD}",
+            "al\u{200B}ice",
+            "\u{202E}ecila",
+            "alice\u{E000}",
+            "a\u{3164}",
+        ] {
+            assert!(!is_recordable_actor(invisible), "{invisible:?}");
+        }
+    }
+
+    #[test]
+    fn a_validly_signed_token_whose_sub_is_no_recordable_actor_is_refused() {
+        // The same Authenticator serves all three processes, so none accepts it.
+        for subject in ["zw\u{200B}sp", "bell\u{7}", "", &"a".repeat(MAX_ACTOR_CHARS + 1)] {
+            let token = mint_hs256(SECRET, subject, &[Role::Admin], Duration::from_secs(60)).expect("mint");
+            let refusal = Authenticator::hs256(SECRET).authenticate(&headers(&token));
+            assert!(
+                matches!(refusal, Err(AuthError::InvalidToken)),
+                "{subject:?}: {refusal:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `AUTH_JWT_SECRET` or, with `--development`, with the public development secret that
 //! `--insecure-development-auth` accepts. Prints the token alone on stdout.
 //!
-//! `cargo run -p event-store --bin mint-token -- --development --subject alice --role teller`
+//! `cargo run --bin mint-token -- --development --subject alice --role teller`
 
 use std::process::ExitCode;
 use std::time::Duration;
