@@ -89,6 +89,12 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Renames `span` as exported, once its name is known (an HTTP span's route is known only
+/// after routing); `otel.name` cannot do it for a span already started.
+pub fn rename(span: &tracing::Span, name: String) {
+    span.context().span().update_name(name);
+}
+
 /// Links `span` to the context `traceparent` names: a batch span to each command or event
 /// it carries. An absent or invalid `traceparent` adds nothing.
 pub fn add_link(span: &tracing::Span, traceparent: Option<&str>) {

@@ -52,7 +52,6 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         route = tracing::field::Empty,
         correlation_id = correlation_id.as_deref().unwrap_or(""),
         otel.kind = "server",
-        otel.name = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
     let traceparent = request
@@ -65,7 +64,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     span.record("route", route.as_str());
     let status = response.status().as_u16().to_string();
     if trace_context::exporting() {
-        span.record("otel.name", format!("{method} {route}").as_str());
+        trace_context::rename(&span, format!("{method} {route}"));
         span.record("http.response.status_code", response.status().as_u16());
     }
     span.in_scope(|| {
