@@ -420,8 +420,17 @@ impl Committer {
         }
     }
 
-    #[instrument(skip_all, fields(commands = jobs.len()))]
+    /// One group commit, in a `group commit` span linked to the span of every command it
+    /// carries (their requests' contexts, from the metadata), so a trace of one command
+    /// finds the batch and the batch finds its commands.
+    #[instrument(name = "group commit", skip_all, fields(commands = jobs.len()))]
     async fn commit_batch(&self, jobs: Vec<Job>) {
+        if event_store::trace_context::exporting() {
+            let span = tracing::Span::current();
+            for job in &jobs {
+                event_store::trace_context::add_link(&span, job.submission.metadata.trace.as_deref());
+            }
+        }
         let mut verdicts: Vec<Option<Verdict>> = jobs.iter().map(|_| None).collect();
         let touched: Vec<AccountId> = jobs
             .iter()
@@ -592,7 +601,9 @@ impl Committer {
             let current = |id: &AccountId, overlay: &HashMap<AccountId, CachedAccount>| {
                 overlay.get(id).or_else(|| cache.get(id)).cloned()
             };
-            match decide_one(&job.submission, &current, &mut overlay) {
+            let decided =
+                decide_span(&job.submission).in_scope(|| decide_one(&job.submission, &current, &mut overlay));
+            match decided {
                 Ok((request, answer)) => {
                     planned.push(Planned {
                         job_index,
@@ -606,6 +617,18 @@ impl Committer {
         }
         (requests, planned, overlay)
     }
+}
+
+/// The span of one command's decision, a child of the command's request span (its
+/// metadata's trace context) rather than of the batch, so the command's trace shows its
+/// decision. Only while spans are exported; otherwise a disabled span that costs nothing.
+fn decide_span(submission: &Submission) -> tracing::Span {
+    if !event_store::trace_context::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("decide", command = submission.command.name());
+    event_store::trace_context::set_parent(&span, submission.metadata.trace.as_deref());
+    span
 }
 
 /// Where an account stands for the next decision: the batch's own state, else the cache's.

@@ -332,7 +332,9 @@ impl CommandRequest {
             causation_id: Some(uuid::Uuid::now_v7().to_string()),
             command: command.name().to_owned(),
             idempotency_key: headers.idempotency_key.clone(),
-            trace: headers.traceparent,
+            // The request span's context when spans are exported, so the events'
+            // spans downstream are in the request's trace; else the client's own.
+            trace: event_store::trace_context::current().or(headers.traceparent),
         };
         let Some(key) = headers.idempotency_key else {
             return match state

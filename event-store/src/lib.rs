@@ -14,6 +14,8 @@
 //! - [`relay`]: publishes committed events to JetStream in position order.
 //! - [`subscription`]: the durable JetStream pull consumer that reads what the relay
 //!   published, in batches.
+//! - [`trace_context`]: the W3C trace context an event carries (metadata, NATS header)
+//!   as the parent or link of a span, so one command is one trace end to end.
 //!
 //! # Guarantees
 //!
@@ -35,6 +37,7 @@ pub mod pii;
 pub mod read;
 pub mod relay;
 pub mod subscription;
+pub mod trace_context;
 
 pub use append::{AppendOutcome, AppendRejection, AppendRequest, ExpectedVersion, StreamWrite};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};

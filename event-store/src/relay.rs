@@ -63,13 +63,14 @@ use futures::FutureExt;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 use uuid::Uuid;
 
 use crate::bus::{self, StreamLimits};
 use crate::envelope::RecordedEvent;
 use crate::error::{StoreError, error_chain};
 use crate::read::{EventStore, check_contiguous};
+use crate::trace_context;
 
 /// The JetStream stream of API.md.
 pub const STREAM_NAME: &str = "LEDGER_EVENTS";
@@ -81,9 +82,10 @@ pub const POSITION_HEADER: &str = "Ledger-Position";
 /// Header carrying the event type, for consumers that filter without decoding.
 pub const EVENT_TYPE_HEADER: &str = "Ledger-Event-Type";
 
-/// The header carrying the W3C trace context of the request that caused the event (its
-/// metadata's `trace`), on messages whose event has one, so that a consumer can continue
-/// the request's trace without opening the body (W3C Trace Context).
+/// The header carrying the W3C trace context of the request that caused the event, on
+/// messages whose event has one, so that a consumer can continue the request's trace
+/// without opening the body (W3C Trace Context): the relay's `publish` span (a child of
+/// the metadata's `trace`) when spans are exported, else the metadata's `trace` itself.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// The longest the relay waits on NATS for one thing: handing a publish to the
@@ -437,10 +439,12 @@ async fn publish_in_order(
     mut tail: Tail,
     events: &[RecordedEvent],
 ) -> Result<Tail, RelayError> {
-    let mut in_flight: VecDeque<(i64, u64, PublishAckFuture)> = VecDeque::with_capacity(config.max_in_flight);
+    // Each in-flight event keeps its `publish` span open until its ack is confirmed.
+    let mut in_flight: VecDeque<(i64, u64, PublishAckFuture, tracing::Span)> =
+        VecDeque::with_capacity(config.max_in_flight);
     for event in events {
         if in_flight.len() >= config.max_in_flight.max(1)
-            && let Some((position, expected, ack)) = in_flight.pop_front()
+            && let Some((position, expected, ack, _span)) = in_flight.pop_front()
         {
             confirm(position, expected, ack).await?;
         }
@@ -452,7 +456,10 @@ async fn publish_in_order(
         let mut headers = HeaderMap::new();
         headers.insert(POSITION_HEADER, event.position.to_string().as_str());
         headers.insert(EVENT_TYPE_HEADER, event.event_type.as_str());
-        if let Some(trace) = &event.metadata.trace {
+        let span = publish_span(event);
+        // The message carries the publish span's context when spans are exported (so the
+        // projector's span is its child, in the request's trace), else the stored one.
+        if let Some(trace) = trace_context::of_span(&span).or_else(|| event.metadata.trace.clone()) {
             headers.insert(TRACEPARENT_HEADER, trace.as_str());
         }
         let mut message = PublishMessage::build()
@@ -466,18 +473,38 @@ async fn publish_in_order(
             message = message.expected_last_message_id(previous.to_string());
         }
         let subject = subject_for(&config.subject_prefix, &event.stream_id);
-        let ack = jetstream.send_publish(subject, message).await?;
+        let ack = jetstream
+            .send_publish(subject, message)
+            .instrument(span.clone())
+            .await?;
         tail = Tail {
             position: event.position,
             sequence: tail.sequence + 1,
             event_id: Some(event.event_id),
         };
-        in_flight.push_back((event.position, tail.sequence, ack));
+        in_flight.push_back((event.position, tail.sequence, ack, span));
     }
-    for (position, expected, ack) in in_flight {
+    for (position, expected, ack, _span) in in_flight {
         confirm(position, expected, ack).await?;
     }
     Ok(tail)
+}
+
+/// The span of one event's publication, from send to confirmed ack, as a child of the
+/// context the event carries (the request that caused it). Only while spans are exported
+/// ([`trace_context::exporting`]); otherwise a disabled span that costs nothing.
+fn publish_span(event: &RecordedEvent) -> tracing::Span {
+    if !trace_context::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        position = event.position,
+        event_type = %event.event_type,
+    );
+    trace_context::set_parent(&span, event.metadata.trace.as_deref());
+    span
 }
 
 /// Awaits one ack and checks that the event went where the fence said it would.

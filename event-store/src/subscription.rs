@@ -82,6 +82,16 @@ impl Delivery {
         self.message.ack().await.map_err(SubscriptionError::Ack)
     }
 
+    /// The message's `traceparent` header (the relay's publish span, or the request's
+    /// context), for the consumer to continue; `None` without one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(crate::relay::TRACEPARENT_HEADER))
+            .map(|value| value.as_str())
+    }
+
     fn from_message(message: jetstream::Message) -> Self {
         let event: Option<RecordedEvent> = serde_json::from_slice(&message.payload).ok();
         let header_position = message

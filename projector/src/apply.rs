@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use event_store::RecordedEvent;
+use event_store::{RecordedEvent, trace_context};
 use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
@@ -122,12 +122,21 @@ impl FoldState {
 /// Applies `events` (contiguous, in position order) to `projection`, skipping those at
 /// or below its checkpoint, and returns the checkpoint after. When an event cannot be
 /// applied, the events before it are committed and [`BatchError::Apply`] names it.
-#[instrument(skip_all, fields(projection = %projection, first = events.first().map(|e| e.position), count = events.len()))]
+///
+/// Traces: the batch is an `apply batch` span linked to each event's trace context, and
+/// each event gets a `project <event type>` span that continues it, open from the start
+/// of the batch to its commit (the event's read-model write). `parents[i]` is the context
+/// `events[i]` continues (its NATS message's `traceparent`); an event past the end of
+/// `parents` (all of them, for a catch-up from the store) continues its stored metadata's.
+#[instrument(name = "apply batch", skip_all, fields(projection = %projection, first = events.first().map(|e| e.position), count = events.len()))]
 pub async fn apply_batch(
     pool: &PgPool,
     projection: Projection,
     events: &[RecordedEvent],
+    parents: &[Option<String>],
 ) -> Result<i64, BatchError> {
+    // Closed (and so exported) when the batch is done, committed or not.
+    let _projecting = event_spans(projection, events, parents);
     let mut decoded = Vec::with_capacity(events.len());
     let mut undecodable = None;
     for event in events {
@@ -157,6 +166,39 @@ pub async fn apply_batch(
         }
         Failure::Batch(error) => Err(error),
     }
+}
+
+/// The `project <event type>` span of every event, each a child of the context it
+/// continues, and the current (`apply batch`) span linked to all of those contexts. Only
+/// while spans are exported; otherwise nothing, at no cost.
+fn event_spans(
+    projection: Projection,
+    events: &[RecordedEvent],
+    parents: &[Option<String>],
+) -> Vec<tracing::Span> {
+    if !trace_context::exporting() {
+        return Vec::new();
+    }
+    let batch = tracing::Span::current();
+    events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let parent = parents
+                .get(index)
+                .map_or(event.metadata.trace.as_deref(), Option::as_deref);
+            trace_context::add_link(&batch, parent);
+            let span = tracing::info_span!(
+                "project",
+                otel.name = format!("project {}", event.event_type).as_str(),
+                otel.kind = "consumer",
+                projection = %projection,
+                position = event.position,
+            );
+            trace_context::set_parent(&span, parent);
+            span
+        })
+        .collect()
 }
 
 enum Failure {

@@ -247,18 +247,28 @@ async fn apply_deliveries(
             .increment(batch.len() as u64);
         return Ok(checkpoint);
     }
-    let fresh: BTreeMap<i64, &RecordedEvent> = batch
+    let fresh: BTreeMap<i64, &Delivery> = batch
         .iter()
-        .filter_map(|delivery| delivery.event.as_ref())
-        .filter(|event| event.position > checkpoint && event.position <= highest)
-        .map(|event| (event.position, event))
+        .filter_map(|delivery| delivery.event.as_ref().map(|event| (event.position, delivery)))
+        .filter(|(position, _)| *position > checkpoint && *position <= highest)
         .collect();
     let wanted = (highest - checkpoint) as usize;
     if fresh.len() == wanted {
-        let events: Vec<RecordedEvent> = fresh.into_values().cloned().collect();
+        let (events, parents): (Vec<RecordedEvent>, Vec<Option<String>>) = fresh
+            .into_values()
+            .filter_map(|delivery| {
+                let event = delivery.event.clone()?;
+                // The message's context (the relay's publish span) when it has one.
+                let parent = delivery
+                    .traceparent()
+                    .map(str::to_owned)
+                    .or_else(|| event.metadata.trace.clone());
+                Some((event, parent))
+            })
+            .unzip();
         // Guarantee 2, asserted where it is consumed.
         check_contiguous(checkpoint, &events)?;
-        return Ok(apply::apply_batch(store.pool(), projection, &events).await?);
+        return Ok(apply::apply_batch(store.pool(), projection, &events, &parents).await?);
     }
     let missing = wanted - fresh.len();
     warn!(projection = %projection, checkpoint, highest, missing, "gap in the delivered positions; filling it from the event store");
@@ -286,6 +296,7 @@ async fn catch_up(
         if events.is_empty() {
             return Ok(checkpoint);
         }
-        checkpoint = apply::apply_batch(store.pool(), projection, &events).await?;
+        // Read from the store, not delivered: each event continues its stored context.
+        checkpoint = apply::apply_batch(store.pool(), projection, &events, &[]).await?;
     }
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use service::shutdown::flush_traces;
 use service::{shutdown_signal, telemetry};
 
 /// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
@@ -12,12 +13,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = projector::Config::parse();
-    telemetry::init_logging(config.common.log_format);
-    match projector::run(config, shutdown_signal()).await {
+    let traces = telemetry::init(config.common.log_format, "projector");
+    let code = match projector::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %event_store::error_chain(&error), "projector stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    flush_traces(traces).await;
+    code
 }

@@ -7,6 +7,11 @@
 //! [`observe`] wraps the whole router and records; [`record_route`] is a route layer
 //! that tells it which template matched. A request no route matched is `route="unmatched"`,
 //! so scanners probing random paths cannot create a series per path.
+//!
+//! The `request` span continues the client's W3C `traceparent` when it sent a valid one
+//! (an invalid one is ignored, as W3C Trace Context says), so an exported trace starts at
+//! the client; its exported name is `<method> <route>` (OpenTelemetry's HTTP server span
+//! convention), set once the route is known.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -15,6 +20,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
+use event_store::relay::TRACEPARENT_HEADER;
+use event_store::trace_context;
 use tracing::Instrument;
 
 /// The route label of a request that matched no route.
@@ -44,11 +51,22 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         method = %method,
         route = tracing::field::Empty,
         correlation_id = correlation_id.as_deref().unwrap_or(""),
+        otel.kind = "server",
+        http.response.status_code = tracing::field::Empty,
     );
+    let traceparent = request
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok());
+    trace_context::set_parent(&span, traceparent);
     let response = next.run(request).instrument(span.clone()).await;
     let route = slot.0.get().map_or(UNMATCHED_ROUTE, String::as_str).to_owned();
     span.record("route", route.as_str());
     let status = response.status().as_u16().to_string();
+    if trace_context::exporting() {
+        trace_context::rename(&span, format!("{method} {route}"));
+        span.record("http.response.status_code", response.status().as_u16());
+    }
     span.in_scope(|| {
         tracing::debug!(
             status = %status,

@@ -1,6 +1,6 @@
 //! What every eventledger process does the same way: read its configuration, create
 //! and migrate its database, connect to NATS, log, serve `/healthz`, `/readyz` and
-//! `/metrics`, and stop cleanly on SIGTERM or ctrl-c. One place, so that the three
+//! `/metrics`, export traces, and stop cleanly on SIGTERM or ctrl-c. One place, so that the three
 //! binaries cannot drift apart in how they are operated.
 
 pub mod auth;
@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod traces;
 
 pub use config::{CommonConfig, ConfigError, LogFormat};
 pub use limits::HttpLimits;

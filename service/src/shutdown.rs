@@ -1,5 +1,8 @@
 //! Stopping on ctrl-c or SIGTERM. Binaries pass [`shutdown_signal`] into their `run`, so
-//! tests can pass any other future instead.
+//! tests can pass any other future instead, and call [`flush_traces`] once `run` is done,
+//! so the spans of the last requests reach the collector.
+
+use crate::traces::Traces;
 
 /// Completes on the first ctrl-c or SIGTERM.
 pub async fn shutdown_signal() {
@@ -28,4 +31,16 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal received, stopping");
+}
+
+/// Exports the spans still queued and stops the trace exporter, waiting at most
+/// [`crate::traces::FLUSH_TIMEOUT`]; nothing to do when traces are off. The export blocks
+/// a thread, so it runs on the runtime's blocking pool.
+pub async fn flush_traces(traces: Traces) {
+    if !traces.exporting() {
+        return;
+    }
+    if let Err(error) = tokio::task::spawn_blocking(move || traces.shutdown_blocking()).await {
+        tracing::warn!(%error, "flushing the traces failed");
+    }
 }
