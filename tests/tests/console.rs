@@ -127,7 +127,10 @@ async fn exists(browser: &Client, css: &str) -> bool {
 
 /// Signs in through the form, as a person would, and checks the page says who.
 async fn sign_in(browser: &Client, base: &str, subject: &str, roles: &[Role]) {
-    browser.goto(&format!("{base}/console")).await.expect("sign-in page");
+    browser
+        .goto(&format!("{base}/console"))
+        .await
+        .expect("sign-in page");
     let token = System::token(subject, roles).expect("token");
     let field = browser
         .wait()
@@ -149,7 +152,10 @@ async fn sign_in(browser: &Client, base: &str, subject: &str, roles: &[Role]) {
         .for_element(Locator::Id("who-subject"))
         .await;
     let Ok(who) = who else {
-        panic!("not signed in as {subject}; the page was:\n{}", source(browser).await);
+        panic!(
+            "not signed in as {subject}; the page was:\n{}",
+            source(browser).await
+        );
     };
     assert_eq!(who.text().await.expect("subject"), subject);
     let url = browser.current_url().await.expect("url");
@@ -241,7 +247,11 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         .expect("system");
     let projector_url = system.url(Binary::Projector, "");
     system
-        .add_configured(Binary::QueryApi, &[("PROJECTOR_URL", projector_url.as_str())], None)
+        .add_configured(
+            Binary::QueryApi,
+            &[("PROJECTOR_URL", projector_url.as_str())],
+            None,
+        )
         .await
         .expect("query-api");
     let base = system.url(Binary::QueryApi, "");
@@ -256,8 +266,11 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         .await;
     let account = opened["account_id"].as_str().expect("account_id").to_owned();
     let deposits = system.url(Binary::CommandApi, &format!("/accounts/{account}/deposits"));
-    api.post(&deposits, json!({ "amount": 2000, "reference": "salary <b>bold</b>" }))
-        .await;
+    api.post(
+        &deposits,
+        json!({ "amount": 2000, "reference": "salary <b>bold</b>" }),
+    )
+    .await;
     let withdrawn = api
         .post(
             &system.url(Binary::CommandApi, &format!("/accounts/{account}/withdrawals")),
@@ -292,16 +305,26 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         sign_in(&browser, &base, subject, held).await;
         assert_eq!(exists(&browser, "#nav-accounts").await, accounts, "{subject}");
         assert_eq!(exists(&browser, "#nav-audit").await, audit, "{subject}");
-        assert_eq!(exists(&browser, "#nav-projections").await, projections, "{subject}");
+        assert_eq!(
+            exists(&browser, "#nav-projections").await,
+            projections,
+            "{subject}"
+        );
         screenshot(&browser, &format!("overview-{subject}")).await;
         // A page the role may not open is refused, not shown.
         if !audit {
-            browser.goto(&format!("{base}/console/audit")).await.expect("audit");
+            browser
+                .goto(&format!("{base}/console/audit"))
+                .await
+                .expect("audit");
             let message = visible_text(&browser, "error-message").await;
             assert!(message.contains("auditor"), "{subject}: {message}");
         }
         if !accounts {
-            browser.goto(&format!("{base}/console/accounts")).await.expect("accounts");
+            browser
+                .goto(&format!("{base}/console/accounts"))
+                .await
+                .expect("accounts");
             let message = visible_text(&browser, "error-message").await;
             assert!(message.contains("viewer"), "{subject}: {message}");
             browser.goto(&format!("{base}/console")).await.expect("home");
@@ -313,10 +336,16 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
     assert_usable(&browser, "overview").await;
 
     // The accounts list: the markup is text, no image, no script.
-    browser.goto(&format!("{base}/console/accounts")).await.expect("accounts");
+    browser
+        .goto(&format!("{base}/console/accounts"))
+        .await
+        .expect("accounts");
     let table = visible_text(&browser, "accounts").await;
     assert!(table.contains(HOSTILE_NAME), "{table}");
-    assert!(!exists(&browser, "#accounts img").await, "the name became an image");
+    assert!(
+        !exists(&browser, "#accounts img").await,
+        "the name became an image"
+    );
     assert_no_alert(&browser, "accounts").await;
     assert_usable(&browser, "accounts").await;
     screenshot(&browser, "accounts").await;
@@ -339,7 +368,10 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
     assert_no_alert(&browser, "account").await;
     assert_usable(&browser, "account").await;
     screenshot(&browser, "account").await;
-    let at_position = browser.find(Locator::Id("at_position")).await.expect("history field");
+    let at_position = browser
+        .find(Locator::Id("at_position"))
+        .await
+        .expect("history field");
     at_position
         .send_keys(&(position - 1).to_string())
         .await
@@ -361,7 +393,10 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
     phone.close().await.expect("phone closed");
 
     // The audit log, and a new deposit in its live tail within a second.
-    browser.goto(&format!("{base}/console/audit")).await.expect("audit");
+    browser
+        .goto(&format!("{base}/console/audit"))
+        .await
+        .expect("audit");
     let state = browser.find(Locator::Id("live-state")).await.expect("live state");
     let deadline = Instant::now() + ELEMENT_WAIT;
     while state.text().await.expect("state") != "live" {
@@ -441,12 +476,18 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         if exists(&browser, "#transfer").await {
             break;
         }
-        assert!(Instant::now() < deadline, "transfer at {transfer_position} never projected");
+        assert!(
+            Instant::now() < deadline,
+            "transfer at {transfer_position} never projected"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(visible_text(&browser, "amount").await, "1.00 EUR");
     let to = browser.find(Locator::Id("to")).await.expect("to link");
-    assert_eq!(to.attr("href").await.expect("href").as_deref(), Some(&*format!("/console/accounts/{other_id}")));
+    assert_eq!(
+        to.attr("href").await.expect("href").as_deref(),
+        Some(&*format!("/console/accounts/{other_id}"))
+    );
     screenshot(&browser, "transfer").await;
 
     // Projections, refreshed live; a rebuild started by the admin through the projector.
@@ -502,12 +543,18 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
             .get("content-security-policy")
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
     }
 
     browser.close().await.expect("browser closed");
     drop(driver);
-    assert!(system.shut_down().await.expect("shut down"), "a process did not stop cleanly");
+    assert!(
+        system.shut_down().await.expect("shut down"),
+        "a process did not stop cleanly"
+    );
 }
 
 /// A session cookie for an admin, through the sign-in form over plain HTTP.
@@ -518,7 +565,10 @@ async fn sign_in_cookie(base: &str) -> String {
         .expect("client")
         .post(format!("{base}/console/session"))
         .header("origin", base)
-        .form(&[("token", System::token("console-admin", &[Role::Admin]).expect("token"))])
+        .form(&[(
+            "token",
+            System::token("console-admin", &[Role::Admin]).expect("token"),
+        )])
         .send()
         .await
         .expect("sign-in");

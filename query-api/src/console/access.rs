@@ -38,7 +38,11 @@ pub const CONSOLE_ACCESS: &[ConsoleAccess] = &[
     route(Method::GET, "/console/audit/live", Some(Role::Auditor)),
     route(Method::GET, "/console/projections", Some(Role::Viewer)),
     route(Method::GET, "/console/projections/status", Some(Role::Viewer)),
-    route(Method::POST, "/console/projections/{name}/rebuild", Some(Role::Admin)),
+    route(
+        Method::POST,
+        "/console/projections/{name}/rebuild",
+        Some(Role::Admin),
+    ),
 ];
 
 /// The entry for a request, `HEAD` needing what `GET` needs; `None` if unlisted.

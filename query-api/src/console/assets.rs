@@ -61,7 +61,10 @@ pub static SCRIPT: Asset = asset(
 
 /// `GET /console/assets/{file}`.
 pub async fn serve(PathText(file): PathText) -> Response {
-    match [&STYLESHEET, &SCRIPT].into_iter().find(|asset| asset.name == file) {
+    match [&STYLESHEET, &SCRIPT]
+        .into_iter()
+        .find(|asset| asset.name == file)
+    {
         Some(asset) => (
             StatusCode::OK,
             [

@@ -83,8 +83,18 @@ pub fn balance_svg(points: &[BalancePoint], currency: &str) -> Option<String> {
         right = WIDTH - MARGIN_RIGHT,
         zero = zero,
         path = path,
-        high_text = text(MARGIN_LEFT - 6.0, MARGIN_TOP + 10.0, "end", &format::money(high, currency)),
-        low_text = text(MARGIN_LEFT - 6.0, MARGIN_TOP + plot_height, "end", &format::money(low, currency)),
+        high_text = text(
+            MARGIN_LEFT - 6.0,
+            MARGIN_TOP + 10.0,
+            "end",
+            &format::money(high, currency)
+        ),
+        low_text = text(
+            MARGIN_LEFT - 6.0,
+            MARGIN_TOP + plot_height,
+            "end",
+            &format::money(low, currency)
+        ),
         first_text = text(MARGIN_LEFT, HEIGHT - 8.0, "start", &first_day),
         last_text = text(WIDTH - MARGIN_RIGHT, HEIGHT - 8.0, "end", &last_day),
     ))
@@ -107,8 +117,14 @@ mod tests {
     fn the_chart_is_an_svg_step_line_labelled_with_decimal_amounts_and_no_style_attribute() {
         let svg = balance_svg(
             &[
-                BalancePoint { at: at(60), balance: 500 },
-                BalancePoint { at: at(0), balance: 1250 },
+                BalancePoint {
+                    at: at(60),
+                    balance: 500,
+                },
+                BalancePoint {
+                    at: at(0),
+                    balance: 1250,
+                },
             ],
             "EUR",
         )
@@ -124,7 +140,14 @@ mod tests {
 
     #[test]
     fn a_single_point_still_draws() {
-        let svg = balance_svg(&[BalancePoint { at: at(0), balance: -300 }], "JPY").expect("a chart");
+        let svg = balance_svg(
+            &[BalancePoint {
+                at: at(0),
+                balance: -300,
+            }],
+            "JPY",
+        )
+        .expect("a chart");
         assert!(svg.contains("-300 JPY"));
     }
 }

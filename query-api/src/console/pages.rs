@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Extension, Form, FromRequestParts, Query, State};
 use axum::extract::rejection::FormRejection;
+use axum::extract::{Extension, Form, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -113,7 +113,12 @@ impl Nav {
         Self {
             signed_in: true,
             subject: signed_in.principal.subject.clone(),
-            roles: signed_in.principal.roles.iter().map(|role| role.as_str()).collect(),
+            roles: signed_in
+                .principal
+                .roles
+                .iter()
+                .map(|role| role.as_str())
+                .collect(),
             accounts: signed_in.may(Role::Viewer),
             audit: signed_in.may(Role::Auditor),
             projections: signed_in.may(Role::Viewer),
@@ -257,8 +262,12 @@ pub async fn accounts(
 ) -> PageResult {
     let fail = |error: ConsoleError| error.with_session(signed_in.clone());
     if let Some(id) = filled.get("id") {
-        let id = uuid::Uuid::parse_str(id)
-            .map_err(|_| fail(ConsoleError::new(StatusCode::BAD_REQUEST, "An account id is a UUID.")))?;
+        let id = uuid::Uuid::parse_str(id).map_err(|_| {
+            fail(ConsoleError::new(
+                StatusCode::BAD_REQUEST,
+                "An account id is a UUID.",
+            ))
+        })?;
         return Ok(Redirect::to(&format!("/console/accounts/{id}")).into_response());
     }
     let answer = views::accounts::list_accounts(State(state), filled.params().map_err(fail)?, now())
@@ -525,7 +534,9 @@ pub async fn audit(
         .iter()
         .map(|name| (*name, filled.get(name).unwrap_or_default()))
         .collect();
-    let next = log.next_after.map(|after| filled.with("after", after.to_string()));
+    let next = log
+        .next_after
+        .map(|after| filled.with("after", after.to_string()));
     page(
         "audit.html",
         context! {
@@ -625,9 +636,14 @@ pub async fn rebuild(
     Extension(signed_in): Extension<SignedIn>,
     PathText(name): PathText,
 ) -> PageResult {
-    let fail = |status: StatusCode, message: String| ConsoleError::new(status, message).with_session(signed_in.clone());
+    let fail = |status: StatusCode, message: String| {
+        ConsoleError::new(status, message).with_session(signed_in.clone())
+    };
     let Some(projection) = PROJECTIONS.iter().find(|known| **known == name) else {
-        return Err(fail(StatusCode::NOT_FOUND, "No projection of that name.".to_owned()));
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "No projection of that name.".to_owned(),
+        ));
     };
     let Some(projector) = &state.projector else {
         return Err(fail(
@@ -637,9 +653,10 @@ pub async fn rebuild(
     };
     match projector.rebuild(projection, &signed_in.token).await {
         Ok(()) => Ok(Redirect::to(&format!("/console/projections?rebuilding={projection}")).into_response()),
-        Err(super::projector::RebuildError::Refused { status, detail }) => {
-            Err(fail(status, format!("The projector did not start the rebuild: {detail}")))
-        }
+        Err(super::projector::RebuildError::Refused { status, detail }) => Err(fail(
+            status,
+            format!("The projector did not start the rebuild: {detail}"),
+        )),
         Err(error) => {
             tracing::warn!(error = %event_store::error_chain(&error), "rebuild not started");
             Err(fail(StatusCode::BAD_GATEWAY, error.to_string()))

@@ -33,7 +33,10 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
         }
     }
     // Our own URLs, marked safe so they are not entity-escaped (`/` becomes `&#x2f;`).
-    environment.add_global("stylesheet", minijinja::Value::from_safe_string(assets::STYLESHEET.url()));
+    environment.add_global(
+        "stylesheet",
+        minijinja::Value::from_safe_string(assets::STYLESHEET.url()),
+    );
     environment.add_global("script", minijinja::Value::from_safe_string(assets::SCRIPT.url()));
     environment
 });

@@ -145,9 +145,11 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         .map(|matched| matched.as_str().to_owned())
         .unwrap_or_else(|| request.uri().path().to_owned());
     let Some(entry) = access::required(request.method(), &path) else {
-        return ConsoleError::new(StatusCode::FORBIDDEN, "This console page is open to no role.").into_response();
+        return ConsoleError::new(StatusCode::FORBIDDEN, "This console page is open to no role.")
+            .into_response();
     };
-    if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(request.headers()) {
+    if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(request.headers())
+    {
         return ConsoleError::new(
             StatusCode::FORBIDDEN,
             "This form was not sent from a console page of this server, so it was refused.",
@@ -178,7 +180,10 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         }
         (Some(role), Some(signed_in)) if !signed_in.may(role) => ConsoleError::new(
             StatusCode::FORBIDDEN,
-            format!("This page needs the `{}` role, which your token does not hold.", role.as_str()),
+            format!(
+                "This page needs the `{}` role, which your token does not hold.",
+                role.as_str()
+            ),
         )
         .with_session(signed_in)
         .into_response(),
@@ -204,10 +209,19 @@ mod tests {
     #[test]
     fn a_post_is_same_origin_only_when_origin_or_referer_names_the_host() {
         let host = ("host", "127.0.0.1:8082");
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:8082")])));
-        assert!(same_origin(&headers(&[host, ("referer", "http://127.0.0.1:8082/console/projections")])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8082")
+        ])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("referer", "http://127.0.0.1:8082/console/projections")
+        ])));
         assert!(!same_origin(&headers(&[host, ("origin", "http://evil.example")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://127.0.0.1:8082.evil.example")])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8082.evil.example")
+        ])));
         assert!(!same_origin(&headers(&[host, ("origin", "null")])));
         assert!(!same_origin(&headers(&[host])));
         // Origin wins over a Referer that would pass.

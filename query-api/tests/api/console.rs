@@ -38,7 +38,10 @@ async fn post_sign_in(app: &TestApp, token: &str, origin: Option<&str>) -> reqwe
 async fn session(app: &TestApp, roles: &[Role]) -> String {
     let response = post_sign_in(app, &token("console-user", roles), Some(&app.address)).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let set_cookie = response.headers()[SET_COOKIE].to_str().expect("cookie").to_owned();
+    let set_cookie = response.headers()[SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
     set_cookie.split(';').next().expect("name=value").to_owned()
 }
 
@@ -68,8 +71,10 @@ async fn hostile_account(app: &TestApp) -> Uuid {
     let mut fixture = AccountFixture::new("EUR", "open");
     fixture.owner = Some((HOSTILE_NAME.to_owned(), "x@example.com".to_owned()));
     app.insert_account(&fixture).await;
-    app.insert_transaction(fixture.account_id, 1, "deposit", 2000, 2000).await;
-    app.insert_transaction(fixture.account_id, 2, "withdrawal", 750, 1250).await;
+    app.insert_transaction(fixture.account_id, 1, "deposit", 2000, 2000)
+        .await;
+    app.insert_transaction(fixture.account_id, 2, "withdrawal", 750, 1250)
+        .await;
     app.set_checkpoint("accounts", 2).await;
     app.set_checkpoint("account_transactions", 2).await;
     fixture.account_id
@@ -155,13 +160,21 @@ async fn every_console_answer_carries_the_security_headers(pool: PgPool) {
     for (path, status) in [
         ("/console", StatusCode::OK),
         ("/console/accounts", StatusCode::SEE_OTHER),
-        (&format!("/console/transfers/{}", Uuid::now_v7())[..], StatusCode::SEE_OTHER),
+        (
+            &format!("/console/transfers/{}", Uuid::now_v7())[..],
+            StatusCode::SEE_OTHER,
+        ),
     ] {
         let response = get(&app, path, None).await;
         assert_eq!(response.status(), status, "{path}");
         assert_security_headers(response.headers(), path);
     }
-    let missing = get(&app, &format!("/console/transfers/{}", Uuid::now_v7()), Some(&admin)).await;
+    let missing = get(
+        &app,
+        &format!("/console/transfers/{}", Uuid::now_v7()),
+        Some(&admin),
+    )
+    .await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_security_headers(missing.headers(), "a missing transfer");
     let malformed = get(&app, "/console/accounts?currency=euro", Some(&admin)).await;
@@ -192,19 +205,40 @@ async fn each_role_opens_only_the_pages_the_readme_gives_it(pool: PgPool) {
         assert_eq!(get(&app, path, Some(cookie)).await.status(), status, "{path}");
     }
     // The navigation offers only what the role opens.
-    let viewer_home = get(&app, "/console", Some(&viewer)).await.text().await.expect("page");
+    let viewer_home = get(&app, "/console", Some(&viewer))
+        .await
+        .text()
+        .await
+        .expect("page");
     assert!(viewer_home.contains("nav-accounts") && !viewer_home.contains("nav-audit"));
-    let auditor_home = get(&app, "/console", Some(&auditor)).await.text().await.expect("page");
+    let auditor_home = get(&app, "/console", Some(&auditor))
+        .await
+        .text()
+        .await
+        .expect("page");
     assert!(auditor_home.contains("nav-audit") && !auditor_home.contains("nav-accounts"));
     // A viewer's account page has no "as it stood at" (history needs `auditor`), an
     // admin's has.
-    let viewer_account = get(&app, &account_page, Some(&viewer)).await.text().await.expect("page");
+    let viewer_account = get(&app, &account_page, Some(&viewer))
+        .await
+        .text()
+        .await
+        .expect("page");
     assert!(!viewer_account.contains("at_position"));
     let admin = session(&app, &[Role::Admin]).await;
-    let admin_account = get(&app, &account_page, Some(&admin)).await.text().await.expect("page");
+    let admin_account = get(&app, &account_page, Some(&admin))
+        .await
+        .text()
+        .await
+        .expect("page");
     assert!(admin_account.contains("at_position"));
     // A forged or expired cookie is no session.
-    let forged = get(&app, "/console/accounts", Some("eventledger_console=forged.token.here")).await;
+    let forged = get(
+        &app,
+        "/console/accounts",
+        Some("eventledger_console=forged.token.here"),
+    )
+    .await;
     assert_eq!(forged.status(), StatusCode::SEE_OTHER);
     // Signing out clears the cookie.
     let out = browser()
@@ -225,9 +259,15 @@ async fn markup_in_an_owner_name_is_shown_as_text_and_amounts_as_decimals(pool: 
     let app = spawn_app(pool).await;
     let account = hostile_account(&app).await;
     let viewer = session(&app, &[Role::Viewer]).await;
-    for path in ["/console/accounts".to_owned(), format!("/console/accounts/{account}")] {
+    for path in [
+        "/console/accounts".to_owned(),
+        format!("/console/accounts/{account}"),
+    ] {
         let page = get(&app, &path, Some(&viewer)).await.text().await.expect("page");
-        assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{path}: {page}");
+        assert!(
+            page.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{path}: {page}"
+        );
         assert!(!page.contains("<img"), "{path}: markup got through");
     }
     let page = get(&app, &format!("/console/accounts/{account}"), Some(&viewer))
@@ -252,8 +292,18 @@ async fn assets_are_compiled_in_and_cached_for_long(pool: PgPool) {
         let response = get(&app, &url, None).await;
         assert_eq!(response.status(), StatusCode::OK, "{url}");
         let headers = response.headers();
-        assert!(headers["content-type"].to_str().expect("type").starts_with(content_type));
-        assert!(headers["cache-control"].to_str().expect("cache").contains("max-age=31536000"));
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .expect("type")
+                .starts_with(content_type)
+        );
+        assert!(
+            headers["cache-control"]
+                .to_str()
+                .expect("cache")
+                .contains("max-age=31536000")
+        );
         assert_security_headers(headers, &url);
     }
     assert_eq!(
