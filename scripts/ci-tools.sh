@@ -7,6 +7,8 @@
 #                  kubernetes-validate and kubectl (for `kubectl kustomize`)
 #   PROMTOOL       promtool, taken out of Debian's `prometheus` package without
 #                  installing (and so starting) the Prometheus service
+#
+# and makes sure `chromium` and `chromedriver` are installed (the console's browser tests).
 ci_tools_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.local/ci-tools"
 CI_TOOLS_VENV="$ci_tools_root/venv"
 PROMTOOL="$ci_tools_root/root/usr/bin/promtool"
@@ -30,4 +32,16 @@ if [ ! -x "$PROMTOOL" ]; then
         dpkg-deb -x prometheus_*.deb "$ci_tools_root/root"
     )
     rm -rf "$ci_tools_download"
+fi
+
+# Headless Chromium and chromedriver from Debian's packages, for the console's browser
+# tests (tests/tests/console.rs). They are installed as packages (not unpacked) because
+# Chromium needs its shared libraries in place.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver for the console's browser tests"
+    ci_tools_sudo=""
+    if [ "$(id -u)" -ne 0 ]; then ci_tools_sudo="sudo"; fi
+    $ci_tools_sudo apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null \
+        || { $ci_tools_sudo apt-get update >/dev/null \
+             && $ci_tools_sudo apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }
 fi

@@ -33,6 +33,8 @@ export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 export COMMAND_API_ADDR=${COMMAND_API_ADDR:-127.0.0.1:8081}
 export QUERY_API_ADDR=${QUERY_API_ADDR:-127.0.0.1:8082}
 export PROJECTOR_ADDR=${PROJECTOR_ADDR:-127.0.0.1:8083}
+# The console's rebuild button (query API) calls the projector's admin API here.
+export PROJECTOR_URL=${PROJECTOR_URL:-http://$PROJECTOR_ADDR}
 export RUST_LOG=${RUST_LOG:-info}
 # Without a configured key, run with the public development secret (each process warns
 # loudly) and print a token for it below. Set AUTH_JWT_SECRET to use your own.
@@ -103,6 +105,7 @@ eventledger is running.
   commands:  http://$COMMAND_API_ADDR
   queries:   http://$QUERY_API_ADDR
   projector: http://$PROJECTOR_ADDR
+  console:   http://$QUERY_API_ADDR/console  (sign in with the token below)
 Development token (admin, 24 h):
   export TOKEN=$token
 Try:

@@ -3,6 +3,10 @@
 //! OpenAPI document (which operations need a bearer token, and which role), and by the
 //! test that walks every route with every kind of caller. A route missing here is
 //! refused to everyone, so a new query stays closed until it is listed.
+//!
+//! The web console (`/console/...`) is not in this table: it authenticates by its
+//! session cookie, not a bearer header, and has a table of its own with the same roles
+//! for the same data ([`crate::console::access::CONSOLE_ACCESS`]), read the same way.
 
 use axum::http::Method;
 use service::auth::{Access, Role};

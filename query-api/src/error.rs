@@ -89,6 +89,11 @@ impl QueryError {
         }
     }
 
+    /// The HTTP status this failure answers with (the console shows it on a page).
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::Validation { .. } => (StatusCode::BAD_REQUEST, "validation", "Invalid request"),

@@ -18,10 +18,12 @@
 //! - [`params`], [`cursor`]: parsing parameters and opaque cursors into 400s.
 //! - [`error`]: every failure as `application/problem+json`.
 //! - [`openapi`]: `GET /openapi.json`.
+//! - [`console`]: the web console under `/console` (HTML, session sign-in).
 
 pub mod access;
 pub mod audit;
 pub mod consistency;
+pub mod console;
 pub mod cursor;
 pub mod database;
 pub mod error;
@@ -80,6 +82,11 @@ pub struct Config {
           value_parser = service::limits::parse_positive)]
     pub max_live_tails: usize,
 
+    /// The projector's admin API (`http://127.0.0.1:8083`), which the console's rebuild
+    /// button calls with the signed-in admin's token; without it the button is not shown.
+    #[arg(long, env = "PROJECTOR_URL")]
+    pub projector_url: Option<String>,
+
     /// PostgreSQL URL the queries run with: a role that may only read. Defaults to
     /// `--database-url` with the user `eventledger_reader` and no password (enough
     /// under trust authentication); give one with a password otherwise.
@@ -98,6 +105,8 @@ pub enum RunError {
     Startup(#[from] StartupError),
     #[error("could not connect as the read-only role")]
     Reader(#[source] sqlx::Error),
+    #[error("the projector's URL cannot be used")]
+    Projector(#[source] reqwest::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -119,6 +128,14 @@ impl AppState {
     pub fn with_live_tails(self, live_tails: LiveTails) -> Self {
         Self::new(Shared {
             live_tails,
+            ..Arc::unwrap_or_clone(self.0)
+        })
+    }
+
+    /// The same state with the console's link to the projector's admin API.
+    pub fn with_projector(self, projector: Option<console::projector::ProjectorLink>) -> Self {
+        Self::new(Shared {
+            projector,
             ..Arc::unwrap_or_clone(self.0)
         })
     }
@@ -150,6 +167,8 @@ pub struct Shared {
     pub vault: Vault,
     /// How callers are authenticated, and [`access::ACCESS`], for the router's middleware.
     pub access: AccessControl,
+    /// The projector's admin API, for the console's rebuild button; `None` hides it.
+    pub projector: Option<console::projector::ProjectorLink>,
 }
 
 /// The query routes and their OpenAPI document, from one declaration each (the
@@ -194,6 +213,8 @@ pub fn app(state: AppState) -> Router {
         .merge(service::ops_router(state.readiness.clone()))
         .route_layer(middleware::from_fn_with_state(control, authorize))
         .route_layer(middleware::from_fn(service::http_observe::record_route))
+        // After the API's `authorize`: the console checks its own session and table.
+        .merge(console::router(state.clone()))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -246,6 +267,7 @@ pub async fn start(
             authenticator,
             table: access::ACCESS,
         },
+        projector: None,
     }))
 }
 
@@ -283,7 +305,15 @@ pub async fn run(
         shutdown.await;
         stopping.cancel();
     };
-    let state = state.with_live_tails(LiveTails::new(config.max_live_tails));
+    let projector = config
+        .projector_url
+        .as_deref()
+        .map(console::projector::ProjectorLink::new)
+        .transpose()
+        .map_err(RunError::Projector)?;
+    let state = state
+        .with_live_tails(LiveTails::new(config.max_live_tails))
+        .with_projector(projector);
     let served = serve_limited(listener, state, &config.limits, shutdown).await;
     stop.cancel();
     served.map_err(RunError::Serve)
@@ -291,7 +321,7 @@ pub async fn run(
 
 /// Paths answered with a long-lived stream, exempt from the request timeout (bounded by
 /// `--max-live-tails` instead).
-pub const UNTIMED_PATHS: &[&str] = &["/audit/events/live"];
+pub const UNTIMED_PATHS: &[&str] = &["/audit/events/live", console::LIVE_PATH];
 
 /// Serves [`app`] on `listener` until `shutdown`, within `limits`.
 pub async fn serve_limited(

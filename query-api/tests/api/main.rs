@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod conformance;
 mod consistency;
+mod console;
 mod explain;
 mod helpers;
 mod history;
