@@ -15,4 +15,5 @@ mod live;
 mod openapi;
 mod owners;
 mod privilege;
+mod verify;
 mod views;
