@@ -216,7 +216,14 @@ pub async fn append_batch_in(
                 next_position += 1;
                 version += 1;
                 stored_ids.insert(event.event_id);
-                columns.push(next_position, version, &write.stream_id, event, recorded_at, &mut chain)?;
+                columns.push(
+                    next_position,
+                    version,
+                    &write.stream_id,
+                    event,
+                    recorded_at,
+                    &mut chain,
+                )?;
             }
             versions.insert(write.stream_id.clone(), version);
             streams.push(StreamAppended {
@@ -369,8 +376,7 @@ impl Columns {
                 metadata: &metadata,
                 recorded_at,
             },
-        )
-?;
+        )?;
         chain.position = position;
         self.hash.push(chain.hash.to_vec());
         self.position.push(position);

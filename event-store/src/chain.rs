@@ -76,10 +76,7 @@ pub enum ChainError {
     /// `from` is below 1 or past the head, `to` before `from` or past the head: the
     /// parameter named and why.
     #[error("`{parameter}` {detail}")]
-    Range {
-        parameter: &'static str,
-        detail: String,
-    },
+    Range { parameter: &'static str, detail: String },
 }
 
 impl From<sqlx::Error> for ChainError {
@@ -148,10 +145,7 @@ impl Serialize for HashedEnvelope<'_, '_> {
         map.serialize_entry("position", &SafeNumbers(&Value::from(event.position)))?;
         map.serialize_entry("event_id", &event.event_id.hyphenated().to_string())?;
         map.serialize_entry("stream_id", event.stream_id)?;
-        map.serialize_entry(
-            "stream_version",
-            &SafeNumbers(&Value::from(event.stream_version)),
-        )?;
+        map.serialize_entry("stream_version", &SafeNumbers(&Value::from(event.stream_version)))?;
         map.serialize_entry("event_type", event.event_type)?;
         map.serialize_entry("schema_version", &event.schema_version)?;
         map.serialize_entry("data", &SafeNumbers(event.data))?;
@@ -293,16 +287,18 @@ fn read_chunk(
     after: i64,
     to: i64,
 ) -> BoxFuture<'_, Result<Vec<ChainRow>, sqlx::Error>> {
-    Box::pin(sqlx::query_as(
-        "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
+    Box::pin(
+        sqlx::query_as(
+            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
                 e.schema_version, e.data, e.metadata, e.recorded_at, h.hash \
          FROM events e LEFT JOIN event_hashes h ON h.position = e.position \
          WHERE e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3",
+        )
+        .bind(after)
+        .bind(to)
+        .bind(CHUNK_EVENTS)
+        .fetch_all(connection),
     )
-    .bind(after)
-    .bind(to)
-    .bind(CHUNK_EVENTS)
-    .fetch_all(connection))
 }
 
 /// Recomputes the chain over `from..=to` from the stored events and compares it with
@@ -343,11 +339,10 @@ pub async fn verify(pool: &PgPool, from: i64, to: Option<i64>) -> Result<Verdict
     let to = to.unwrap_or(head);
     let mut previous = GENESIS;
     if from > 1 {
-        let stored: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT hash FROM event_hashes WHERE position = $1")
-                .bind(from - 1)
-                .fetch_optional(&mut *transaction)
-                .await?;
+        let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM event_hashes WHERE position = $1")
+            .bind(from - 1)
+            .fetch_optional(&mut *transaction)
+            .await?;
         match stored.as_deref().map(<Hash>::try_from) {
             Some(Ok(hash)) => previous = hash,
             _ => {
@@ -403,7 +398,11 @@ pub async fn verify(pool: &PgPool, from: i64, to: Option<i64>) -> Result<Verdict
 /// Checks one chunk against the chain so far: every position follows `last`, and
 /// every stored hash equals the one recomputed from `previous`. Advances both; returns
 /// the first mismatch.
-fn check_chunk(rows: &[ChainRow], previous: &mut Hash, last: &mut i64) -> Result<Option<Verdict>, ChainError> {
+fn check_chunk(
+    rows: &[ChainRow],
+    previous: &mut Hash,
+    last: &mut i64,
+) -> Result<Option<Verdict>, ChainError> {
     for row in rows {
         let expected = *last + 1;
         if row.position != expected {
@@ -445,12 +444,11 @@ fn missing(position: i64, next: Option<i64>) -> Verdict {
 pub async fn lock_head(
     connection: &mut PgConnection,
 ) -> Result<(i64, ChainHead, DateTime<Utc>), sqlx::Error> {
-    let (position, hashed_position, hash, now): (i64, i64, Option<Vec<u8>>, DateTime<Utc>) =
-        sqlx::query_as(
-            "SELECT position, hashed_position, hash, clock_timestamp() FROM event_store_head FOR UPDATE",
-        )
-        .fetch_one(&mut *connection)
-        .await?;
+    let (position, hashed_position, hash, now): (i64, i64, Option<Vec<u8>>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT position, hashed_position, hash, clock_timestamp() FROM event_store_head FOR UPDATE",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
     let hash = hash
         .as_deref()
         .and_then(|hash| <Hash>::try_from(hash).ok())
@@ -511,7 +509,11 @@ pub async fn chain_unhashed(
         .bind(chain.hash.to_vec())
         .execute(&mut *connection)
         .await?;
-    info!(from = started + 1, to = chain.position, "chained events written without a hash");
+    info!(
+        from = started + 1,
+        to = chain.position,
+        "chained events written without a hash"
+    );
     Ok(chain)
 }
 
@@ -520,7 +522,9 @@ pub async fn chain_unhashed(
 /// were chained. The command API runs it at start; tools that COPY events call it after.
 pub async fn backfill(pool: &PgPool) -> Result<i64, StoreError> {
     let mut transaction = pool.begin().await?;
-    sqlx::query("SET LOCAL jit = off").execute(&mut *transaction).await?;
+    sqlx::query("SET LOCAL jit = off")
+        .execute(&mut *transaction)
+        .await?;
     let (head, chain, _) = lock_head(&mut transaction).await?;
     let chained = chain_unhashed(&mut transaction, chain, head).await?;
     transaction.commit().await?;
@@ -551,7 +555,7 @@ mod tests {
     fn the_api_md_test_vector_hashes_as_documented() {
         let data = serde_json::json!({
             "account_id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-            "amount": 1_000_000_000_000_000_i64,
+            "amount": 1_000_000_000_000_000_000_i64,
             "reference": "café €5",
         });
         let metadata = serde_json::json!({
@@ -584,9 +588,11 @@ mod tests {
         let metadata = serde_json::json!({});
         let big = serde_json::json!({"amount": 1_000_000_000_000_000_000_i64});
         let next = serde_json::json!({"amount": 1_000_000_000_000_000_001_i64});
-        let safe = serde_json::json!({"amount": MAX_SAFE_INTEGER, "negative": -(MAX_SAFE_INTEGER as i64) - 1});
+        let safe =
+            serde_json::json!({"amount": MAX_SAFE_INTEGER, "negative": -(MAX_SAFE_INTEGER as i64) - 1});
         let text = |data: &Value| {
-            String::from_utf8(canonical_envelope(&vector_event(data, &metadata)).expect("JCS")).expect("UTF-8")
+            String::from_utf8(canonical_envelope(&vector_event(data, &metadata)).expect("JCS"))
+                .expect("UTF-8")
         };
         assert!(text(&big).contains("\"amount\":\"1000000000000000000\""));
         assert!(text(&next).contains("\"amount\":\"1000000000000000001\""));

@@ -37,7 +37,9 @@ fn request(count: i64) -> AppendRequest {
     AppendRequest::single(
         format!("account-{}", Uuid::now_v7()),
         ExpectedVersion::NoStream,
-        (1..=count).map(|n| event(n * 1_000_000_000_000_000 / 7)).collect(),
+        (1..=count)
+            .map(|n| event(n * 1_000_000_000_000_000 / 7))
+            .collect(),
     )
 }
 
@@ -93,7 +95,11 @@ async fn appends_and_group_commits_chain_in_position_order_and_verify(pool: PgPo
     };
     assert_eq!(verified, 10);
     let events = store.read_all(0, 100).await.expect("read");
-    assert!(events.iter().all(|event| event.hash.as_ref().is_some_and(|hash| hash.len() == 64)));
+    assert!(
+        events
+            .iter()
+            .all(|event| event.hash.as_ref().is_some_and(|hash| hash.len() == 64))
+    );
     assert_eq!(events[9].hash.as_deref(), Some(head_hash.as_str()));
     let (hashed_position, head_row_hash): (i64, Vec<u8>) =
         sqlx::query_as("SELECT hashed_position, hash FROM event_store_head")
@@ -101,7 +107,10 @@ async fn appends_and_group_commits_chain_in_position_order_and_verify(pool: PgPo
             .await
             .expect("head row");
     assert_eq!(hashed_position, 10);
-    assert_eq!(chain::to_hex(&head_row_hash.try_into().expect("32 bytes")), head_hash);
+    assert_eq!(
+        chain::to_hex(&head_row_hash.try_into().expect("32 bytes")),
+        head_hash
+    );
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
@@ -110,16 +119,28 @@ async fn events_written_around_the_append_are_chained_by_the_next_append_and_by_
     store.append(request(2)).await.expect("append");
     insert_raw(&pool, 3).await;
     // Positions 3 to 5 have no hash yet: verification says so at the first of them.
-    assert!(matches!(verified(&pool).await, Verdict::Mismatch { first_mismatch: 3, .. }));
+    assert!(matches!(
+        verified(&pool).await,
+        Verdict::Mismatch {
+            first_mismatch: 3,
+            ..
+        }
+    ));
 
     // The next append chains them first, then itself.
     store.append(request(1)).await.expect("append");
-    assert!(matches!(verified(&pool).await, Verdict::Verified { verified: 6, .. }));
+    assert!(matches!(
+        verified(&pool).await,
+        Verdict::Verified { verified: 6, .. }
+    ));
 
     insert_raw(&pool, 2).await;
     assert_eq!(chain::backfill(&pool).await.expect("backfill"), 2);
     assert_eq!(chain::backfill(&pool).await.expect("backfill again"), 0);
-    assert!(matches!(verified(&pool).await, Verdict::Verified { verified: 8, .. }));
+    assert!(matches!(
+        verified(&pool).await,
+        Verdict::Verified { verified: 8, .. }
+    ));
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]

@@ -83,4 +83,3 @@ pub async fn verify_chain(
         Err(ChainError::Store(error)) => Err(QueryError::Store(error)),
     }
 }
-

@@ -203,7 +203,6 @@ pub async fn copy_in(pool: &PgPool, statement: &str, text: &[u8]) -> anyhow::Res
     Ok(started.elapsed().as_secs_f64())
 }
 
-
 /// What [`seed_log`] wrote and how long it took.
 #[derive(Debug, Clone, Copy)]
 pub struct SeededLog {

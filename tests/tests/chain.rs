@@ -101,7 +101,10 @@ async fn commands_over_http_build_a_chain_that_verifies_and_travels_on_nats() {
     let (status, verdict) = auditor.get(verify_url.clone()).await;
     assert_eq!(status, 200, "{verdict}");
     assert_eq!(verdict["ok"], true, "{verdict}");
-    assert_eq!((verdict["from"].as_i64(), verdict["to"].as_i64()), (Some(1), Some(head)));
+    assert_eq!(
+        (verdict["from"].as_i64(), verdict["to"].as_i64()),
+        (Some(1), Some(head))
+    );
     assert_eq!(verdict["verified"], head);
     let (status, refused) = viewer.get(verify_url).await;
     assert_eq!(status, 403, "{refused}");
@@ -159,9 +162,7 @@ async fn commands_over_http_build_a_chain_that_verifies_and_travels_on_nats() {
             json!({ "amount": 1 }),
         )
         .await;
-    let (status, verdict) = auditor
-        .get(system.url(Binary::QueryApi, "/audit/verify"))
-        .await;
+    let (status, verdict) = auditor.get(system.url(Binary::QueryApi, "/audit/verify")).await;
     assert_eq!(status, 200, "{verdict}");
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(verdict["verified"], head + 1);

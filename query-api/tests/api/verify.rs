@@ -21,7 +21,11 @@ async fn seed(app: &TestApp) -> (AccountId, AccountId) {
     app.append(
         a,
         ExpectedVersion::NoStream,
-        vec![opened(a), deposited(a, 10), deposited(a, domain::Amount::MAX_MINOR_UNITS)],
+        vec![
+            opened(a),
+            deposited(a, 10),
+            deposited(a, domain::Amount::MAX_MINOR_UNITS),
+        ],
         "alice",
         "c-1",
     )
@@ -34,8 +38,14 @@ async fn seed(app: &TestApp) -> (AccountId, AccountId) {
         "c-2",
     )
     .await;
-    app.append(a, ExpectedVersion::Exact(3), vec![deposited(a, 30)], "alice", "c-3")
-        .await;
+    app.append(
+        a,
+        ExpectedVersion::Exact(3),
+        vec![deposited(a, 30)],
+        "alice",
+        "c-3",
+    )
+    .await;
     (a, b)
 }
 
@@ -64,7 +74,9 @@ fn assert_mismatch_at(verdict: &Value, position: i64) {
     assert_eq!(verdict["ok"], false, "{verdict}");
     assert_eq!(verdict["first_mismatch"], position, "{verdict}");
     assert!(
-        verdict["reason"].as_str().is_some_and(|reason| !reason.is_empty()),
+        verdict["reason"]
+            .as_str()
+            .is_some_and(|reason| !reason.is_empty()),
         "{verdict}"
     );
 }
@@ -87,8 +99,12 @@ async fn a_fresh_log_verifies_and_every_envelope_carries_the_hash_verify_recompu
         .map(|item| item["hash"].as_str().expect("every envelope has a hash"))
         .collect();
     assert_eq!(hashes.len(), 6);
-    assert!(hashes.iter().all(|hash| hash.len() == 64
-        && hash.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
+    assert!(hashes.iter().all(|hash| {
+        hash.len() == 64
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    }));
     assert_eq!(
         whole,
         serde_json::json!({"ok": true, "from": 1, "to": 6, "verified": 6, "head_hash": hashes[5]})
@@ -101,10 +117,11 @@ async fn a_fresh_log_verifies_and_every_envelope_carries_the_hash_verify_recompu
         serde_json::json!({"ok": true, "from": 2, "to": 4, "verified": 3, "head_hash": hashes[3]})
     );
     // The stream view carries the same hashes.
-    let stream_id = page["items"][0]["stream_id"].as_str().expect("stream id").to_owned();
-    let stream = app
-        .get_json(&format!("/audit/streams/{stream_id}"), 200)
-        .await;
+    let stream_id = page["items"][0]["stream_id"]
+        .as_str()
+        .expect("stream id")
+        .to_owned();
+    let stream = app.get_json(&format!("/audit/streams/{stream_id}"), 200).await;
     assert_eq!(stream["items"][0]["hash"], hashes[0]);
 }
 
