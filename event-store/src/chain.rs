@@ -281,7 +281,8 @@ impl ChainRow {
 }
 
 /// Up to [`CHUNK_EVENTS`] events after `after` up to `to`, with their stored hashes.
-/// Boxed, so that a caller can run it beside other work (`join!`) and stay `Send`.
+/// The range is given for both tables, so the planner can read each from its primary
+/// key over the chunk alone. Boxed, so that a caller can run it beside other work (`join!`) and stay `Send`.
 fn read_chunk(
     connection: &mut PgConnection,
     after: i64,
@@ -291,7 +292,8 @@ fn read_chunk(
         sqlx::query_as(
             "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, \
                 e.schema_version, e.data, e.metadata, e.recorded_at, h.hash \
-         FROM events e LEFT JOIN event_hashes h ON h.position = e.position \
+         FROM events e LEFT JOIN event_hashes h \
+             ON h.position = e.position AND h.position > $1 AND h.position <= $2 \
          WHERE e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3",
         )
         .bind(after)
