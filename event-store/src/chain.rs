@@ -360,7 +360,7 @@ pub async fn verify(pool: &PgPool, from: i64, to: Option<i64>) -> Result<Verdict
     }
     let mut last = from - 1;
     if last < to {
-        let mut rows = read_chunk(&mut *transaction, last, to).await?;
+        let mut rows = read_chunk(&mut transaction, last, to).await?;
         loop {
             let Some(chunk_last) = rows.last().map(|row| row.position) else {
                 return Ok(missing(last + 1, None));
@@ -369,7 +369,7 @@ pub async fn verify(pool: &PgPool, from: i64, to: Option<i64>) -> Result<Verdict
             // the machine's cores instead of taking turns.
             let read_next = async {
                 if chunk_last < to {
-                    read_chunk(&mut *transaction, chunk_last, to).await.map(Some)
+                    read_chunk(&mut transaction, chunk_last, to).await.map(Some)
                 } else {
                     Ok(None)
                 }
