@@ -88,6 +88,8 @@ pub enum RunError {
     Pii(#[from] PiiConfigError),
     #[error("could not start")]
     Startup(#[from] StartupError),
+    #[error("could not chain the events stored without a hash")]
+    Chain(#[source] event_store::StoreError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -206,8 +208,8 @@ fn panic_to_problem(_panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// Checks the token settings (a process with no key refuses to start, unless told it is
-/// a development machine), connects to PostgreSQL (creating and migrating the database)
-/// and NATS, starts the committer, the relay and the idempotency purge, and serves until
+/// a development machine), connects to PostgreSQL (creating and migrating the database,
+/// then chaining any event without a hash) and NATS, starts the committer, the relay and the idempotency purge, and serves until
 /// `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -222,6 +224,12 @@ pub async fn run(
         config.common.database_max_connections,
     )
     .await?;
+    // Events from before the hash chain (or copied in by a tool) get their hashes now,
+    // before the relay publishes them and before the first append (which would chain
+    // them under its lock, holding up the commands behind it).
+    event_store::chain::backfill(&pool)
+        .await
+        .map_err(RunError::Chain)?;
     let nats = service::nats::connect(&config.common.nats_url, "command-api").await?;
     let listener = service::serve::bind(&config.listen).await?;
     let store = EventStore::new(pool.clone());

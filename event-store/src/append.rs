@@ -6,6 +6,11 @@
 //! (guarantee 2), and it makes the version checks exact: no other append can slip in
 //! between the check and the insert. The lock is held only for a handful of statements
 //! and the commit; group commit amortises it (and the commit's fsync) over many requests.
+//!
+//! Under the same lock each event gets its hash in the tamper-evident chain
+//! ([`crate::chain`]): the lock's own read returns the chain's head, the events' hashes
+//! go to `event_hashes` and the new head to the head row in the statement that already
+//! inserts the events, so the chain follows the global order at no extra round trip.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +19,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::chain::{self, ChainHead, Chained};
 use crate::envelope::NewEvent;
 use crate::error::{AppendError, StoreError};
 use crate::read::EventStore;
@@ -128,6 +134,8 @@ struct Columns {
     schema_version: Vec<i32>,
     data: Vec<serde_json::Value>,
     metadata: Vec<serde_json::Value>,
+    /// Each event's hash in the chain ([`crate::chain`]).
+    hash: Vec<Vec<u8>>,
 }
 
 impl EventStore {
@@ -179,10 +187,12 @@ pub async fn append_batch_in(
     }
 
     // The head lock: from here to commit no other append runs.
-    let (head, recorded_at): (i64, DateTime<Utc>) =
-        sqlx::query_as("SELECT position, clock_timestamp() FROM event_store_head FOR UPDATE")
-            .fetch_one(&mut *connection)
-            .await?;
+    let (head, mut chain, recorded_at) = chain::lock_head(&mut *connection).await?;
+    if chain.position < head {
+        // Events written around the append (before the chain, or by a tool's COPY):
+        // chain them first, in order, so this append's hashes follow theirs.
+        chain = chain::chain_unhashed(&mut *connection, chain, head).await?;
+    }
 
     let (mut versions, mut stored_ids) = current_state(connection, requests).await?;
 
@@ -206,7 +216,14 @@ pub async fn append_batch_in(
                 next_position += 1;
                 version += 1;
                 stored_ids.insert(event.event_id);
-                columns.push(next_position, version, &write.stream_id, event)?;
+                columns.push(
+                    next_position,
+                    version,
+                    &write.stream_id,
+                    event,
+                    recorded_at,
+                    &mut chain,
+                )?;
             }
             versions.insert(write.stream_id.clone(), version);
             streams.push(StreamAppended {
@@ -224,7 +241,7 @@ pub async fn append_batch_in(
     }
 
     if next_position > head {
-        write(connection, columns, recorded_at, next_position).await?;
+        write(connection, columns, recorded_at, next_position, chain).await?;
         metrics::counter!("event_store_events_appended_total").increment((next_position - head) as u64);
     }
     Ok(outcomes)
@@ -339,9 +356,29 @@ impl Columns {
         version: u64,
         stream_id: &str,
         event: &NewEvent,
+        recorded_at: DateTime<Utc>,
+        chain: &mut ChainHead,
     ) -> Result<(), StoreError> {
-        let metadata = serde_json::to_value(&event.metadata)
-            .map_err(|error| StoreError::Database(sqlx::Error::Encode(error.into())))?;
+        let encode = |error: serde_json::Error| StoreError::Database(sqlx::Error::Encode(error.into()));
+        let metadata = serde_json::to_value(&event.metadata).map_err(encode)?;
+        // Exactly what is stored, so that a verifier recomputes the same hash from the
+        // row (the `jsonb` round trip keeps every value serde_json writes).
+        chain.hash = chain::event_hash(
+            &chain.hash,
+            &Chained {
+                position,
+                event_id: event.event_id,
+                stream_id,
+                stream_version: version as i64,
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                data: &event.data,
+                metadata: &metadata,
+                recorded_at,
+            },
+        )?;
+        chain.position = position;
+        self.hash.push(chain.hash.to_vec());
         self.position.push(position);
         self.event_id.push(event.event_id);
         self.stream_id.push(stream_id.to_owned());
@@ -354,13 +391,15 @@ impl Columns {
     }
 }
 
-/// The whole batch in one statement and one round trip: the multi-row insert, the new
-/// head, and the notification (delivered at commit, and only if the transaction commits).
+/// The whole batch in one statement and one round trip: the multi-row insert, the
+/// events' hashes, the new head and the chain's, and the notification (delivered at
+/// commit, and only if the transaction commits).
 async fn write(
     connection: &mut PgConnection,
     columns: Columns,
     recorded_at: DateTime<Utc>,
     new_head: i64,
+    chain: ChainHead,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "WITH inserted AS ( \
@@ -369,8 +408,10 @@ async fn write(
              SELECT position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, $9 \
              FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
                  AS t(position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
+         ), hashes AS ( \
+             INSERT INTO event_hashes (position, hash) SELECT * FROM unnest($1::bigint[], $13::bytea[]) \
          ), head AS ( \
-             UPDATE event_store_head SET position = $10 \
+             UPDATE event_store_head SET position = $10, hashed_position = $14, hash = $15 \
          ) \
          SELECT pg_notify($11, $12)",
     )
@@ -386,6 +427,9 @@ async fn write(
     .bind(new_head)
     .bind(crate::APPENDED_CHANNEL)
     .bind(new_head.to_string())
+    .bind(columns.hash)
+    .bind(chain.position)
+    .bind(chain.hash.to_vec())
     .execute(connection)
     .await?;
     Ok(())

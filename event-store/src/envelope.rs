@@ -65,6 +65,12 @@ pub struct RecordedEvent {
     #[sqlx(json)]
     pub metadata: Metadata,
     pub recorded_at: DateTime<Utc>,
+    /// The event's hash in the tamper-evident chain ([`crate::chain`]), lowercase hex;
+    /// `null` only for an event copied into the table by a tool and not yet chained.
+    /// Absent from messages published before the chain existed.
+    #[serde(default)]
+    #[sqlx(default)]
+    pub hash: Option<String>,
 }
 
 impl RecordedEvent {

@@ -13,6 +13,10 @@ pub enum StoreError {
     /// which guarantee 2 rules out. Never skipped: whoever reads must stop.
     #[error("event log is not contiguous: expected position {expected}, found {found}")]
     PositionGap { expected: i64, found: i64 },
+    /// An envelope has no RFC 8785 form to hash ([`crate::chain`]): only a non-finite
+    /// number can cause it, which neither JSON text nor `jsonb` can hold.
+    #[error("an envelope has no canonical JSON form")]
+    Canonical(#[from] serde_json::Error),
     /// A stream's versions are not 1, 2, 3, ...: the stream is corrupt.
     #[error("stream {stream_id} is not contiguous: expected version {expected}, found {found}")]
     VersionGap {

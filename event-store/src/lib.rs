@@ -9,6 +9,8 @@
 //! - [`append`]: atomic appends over one or more streams with expected versions, one at a
 //!   time or many in one transaction (group commit).
 //! - [`read`]: a stream in version order, the whole log from a position, the head.
+//! - [`chain`]: the tamper-evident hash chain over the log: each event's hash, computed
+//!   in the append; chaining events written around it; verification of a range.
 //! - [`pii`]: personal data sealed under per-account keys, erased by destroying the key.
 //! - [`bus`]: the JetStream stream's shape, replication and retention window.
 //! - [`relay`]: publishes committed events to JetStream in position order.
@@ -28,9 +30,12 @@
 //!    position follows the one before.
 //! 3. An event id is stored at most once; a second append of it is rejected.
 //! 4. Stream versions are contiguous from 1; [`read::EventStore::read_stream`] asserts it.
+//! 5. Every event's hash chains it to the one before, in position order
+//!    ([`chain`]); [`chain::verify`] recomputes the chain from the stored events.
 
 pub mod append;
 pub mod bus;
+pub mod chain;
 pub mod envelope;
 pub mod error;
 pub mod pii;

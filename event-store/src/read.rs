@@ -18,7 +18,9 @@ pub const MAX_READ_LIMIT: i64 = 10_000;
 macro_rules! select_envelope {
     () => {
         "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, data, \
-         metadata, recorded_at FROM events"
+         metadata, recorded_at, \
+         (SELECT encode(h.hash, 'hex') FROM event_hashes h WHERE h.position = events.position) AS hash \
+         FROM events"
     };
 }
 

@@ -16,8 +16,8 @@ use service::auth::{Access, Role};
 ///
 /// - `viewer`: the read models of accounts, their transactions and transfers, what a
 ///   branch or a customer-facing system shows.
-/// - `auditor`: the audit log, its live tail, and an account's history folded from its
-///   events. These show every actor, correlation id and command of the log, and the
+/// - `auditor`: the audit log, its live tail, the verification of its hash chain, and
+///   an account's history folded from its events. These show every actor, correlation id and command of the log, and the
 ///   past states of an account, which a viewer has no need to see.
 /// - `GET /projections` needs `viewer`: it is how a reader of the views sees how fresh
 ///   they are (each projection's position and lag, against the head its `min_position`
@@ -64,6 +64,11 @@ pub const ACCESS: &[Access] = &[
     Access {
         method: Method::GET,
         path: "/audit/streams/{stream_id}",
+        role: Some(Role::Auditor),
+    },
+    Access {
+        method: Method::GET,
+        path: "/audit/verify",
         role: Some(Role::Auditor),
     },
     Access {

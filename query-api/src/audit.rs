@@ -126,7 +126,9 @@ impl AuditFilter {
         let mut query = QueryBuilder::new(prefix.to_owned());
         query.push(
             " SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
-             data, metadata, recorded_at FROM events WHERE position > ",
+             data, metadata, recorded_at, \
+             (SELECT encode(h.hash, 'hex') FROM event_hashes h WHERE h.position = events.position) AS hash \
+             FROM events WHERE position > ",
         );
         query.push_bind(self.after);
         query.push(" AND position <= ").push_bind(up_to);

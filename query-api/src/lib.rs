@@ -13,6 +13,7 @@
 //! - [`views`]: accounts, transactions, transfers (read models).
 //! - [`audit`], [`live`]: the audit log, paged and as a live SSE tail.
 //! - [`history`]: an account folded from its events up to a position or time.
+//! - [`verify`]: `GET /audit/verify`, the tamper-evident chain recomputed over a range.
 //! - [`owners`]: opens sealed owners for answers, `null` once erased.
 //! - [`projections`]: `GET /projections`.
 //! - [`params`], [`cursor`]: parsing parameters and opaque cursors into 400s.
@@ -34,6 +35,7 @@ pub mod owners;
 pub mod params;
 pub mod progress;
 pub mod projections;
+pub mod verify;
 pub mod views;
 
 use std::future::Future;
@@ -184,6 +186,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_events))
         .routes(routes!(live::live_events))
         .routes(routes!(audit::stream_events))
+        .routes(routes!(verify::verify_chain))
         .routes(routes!(projections::list_projections))
 }
 

@@ -25,6 +25,10 @@ pub struct EnvelopeSchema {
     /// `actor`, `correlation_id`, `causation_id`, `command`, `idempotency_key`, `trace`.
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// The event's hash in the tamper-evident chain (SHA-256, lowercase hex; API.md,
+    /// "Tamper-evident log"); `null` only for an event copied in by a tool and not yet
+    /// chained.
+    pub hash: Option<String>,
 }
 
 /// `GET /audit/events`.
@@ -63,6 +67,7 @@ pub struct StreamEventsSchema {
         EnvelopeSchema,
         AuditPageSchema,
         StreamEventsSchema,
+        crate::verify::VerdictSchema,
     ))
 )]
 pub struct ApiDoc;
@@ -95,6 +100,8 @@ pub fn parameter_bounds() -> openapi::PlacedBounds {
         ),
         ("query", "min_position", position()),
         ("query", "after", position()),
+        ("query", "from", vec![("minimum", 1)]),
+        ("query", "to", position()),
         ("query", "at_position", position()),
         (
             "query",

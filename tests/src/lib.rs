@@ -8,13 +8,17 @@
 //!   per test, for end-to-end tests that stop, kill and restart them.
 //! - [`nats_server`]: a private NATS server for tests that stop and restart NATS, which
 //!   the shared one must never be.
+//! - [`seed`]: a large valid log COPYed straight into a throwaway database.
 //! - [`profile`]: CPU time per process and for PostgreSQL, and PostgreSQL's own
 //!   statement statistics, for benchmarks on the profiled PostgreSQL.
 //! - `src/bin/bench-idle.rs`: what the whole system costs at rest.
 //! - `src/bin/bench-append.rs`: the event store's append throughput.
+//! - `src/bin/bench-verify.rs`: how fast the hash chain is written for and verified over
+//!   a log of a million events.
 
 pub mod bench;
 pub mod harness;
 pub mod nats_cluster;
 pub mod nats_server;
 pub mod profile;
+pub mod seed;

@@ -33,6 +33,7 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/audit/events", Some(Role::Auditor)),
     ("GET", "/audit/events/live", Some(Role::Auditor)),
     ("GET", "/audit/streams/{stream_id}", Some(Role::Auditor)),
+    ("GET", "/audit/verify", Some(Role::Auditor)),
     ("GET", "/openapi.json", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),

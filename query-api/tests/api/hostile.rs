@@ -90,6 +90,8 @@ async fn injection_text_in_path_ids_cursors_and_numbers_is_a_400(pool: PgPool) {
             format!("/audit/events?min_position={text}"),
             format!("/audit/events?min_position=1&wait_ms={text}"),
             format!("/audit/events/live?after={text}"),
+            format!("/audit/verify?from={text}"),
+            format!("/audit/verify?to={text}"),
             format!("/projections?min_position={text}"),
         ];
         for path in paths {
@@ -174,6 +176,8 @@ async fn numbers_beyond_the_integer_types_are_a_400(pool: PgPool) {
             format!("/accounts/{account}?min_position=1&wait_ms={number}"),
             format!("/accounts/{account}/history?at_position={number}"),
             format!("/audit/events/live?after={number}"),
+            format!("/audit/verify?from={number}"),
+            format!("/audit/verify?to={number}"),
         ] {
             app.get_problem(&path, 400, "validation").await;
         }

@@ -16,4 +16,5 @@ mod live;
 mod openapi;
 mod owners;
 mod privilege;
+mod verify;
 mod views;
