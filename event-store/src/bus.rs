@@ -18,10 +18,13 @@ use crate::relay::{DUPLICATE_WINDOW, RelayError};
 /// downstream consumer to be down over a long weekend and still catch up from NATS.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// The most bytes the stream keeps by default (8 GiB): at about 600 bytes an event,
-/// some 14 million events, so it rarely binds before [`DEFAULT_MAX_AGE`]; it is there to
-/// keep a flood from filling the NATS nodes' disks.
-pub const DEFAULT_MAX_BYTES: i64 = 8 * 1024 * 1024 * 1024;
+/// No bound on bytes, JetStream's `-1`: the default. JetStream reserves a stream's
+/// `max_bytes` up front against the server's storage limit (on every replica), so a fixed
+/// default would be refused outright on a small volume ("insufficient storage
+/// resources") and, on a test server, by the sum of many streams. The age bounds the
+/// stream by default; a deployment sets `EVENTS_STREAM_MAX_BYTES` to the volume it gives
+/// NATS (compose and the Kubernetes manifests do).
+pub const UNBOUNDED_BYTES: i64 = -1;
 
 /// The stream's replication and retention (`EVENTS_STREAM_REPLICAS`,
 /// `EVENTS_STREAM_MAX_AGE_SECONDS`, `EVENTS_STREAM_MAX_BYTES`; API.md, "Processes and
@@ -33,7 +36,7 @@ pub struct StreamLimits {
     pub replicas: usize,
     /// How long an event stays in the stream.
     pub max_age: Duration,
-    /// The most bytes the stream holds.
+    /// The most bytes the stream holds; [`UNBOUNDED_BYTES`] for no bound.
     pub max_bytes: i64,
 }
 
@@ -42,7 +45,7 @@ impl Default for StreamLimits {
         Self {
             replicas: 1,
             max_age: DEFAULT_MAX_AGE,
-            max_bytes: DEFAULT_MAX_BYTES,
+            max_bytes: UNBOUNDED_BYTES,
         }
     }
 }

@@ -36,9 +36,11 @@ pub struct CommonConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub events_stream_max_age_seconds: u64,
 
-    /// The most bytes the events stream keeps (default 8 GiB); the oldest events go first.
-    #[arg(long, env = "EVENTS_STREAM_MAX_BYTES", default_value_t = event_store::bus::DEFAULT_MAX_BYTES,
-          value_parser = clap::value_parser!(i64).range(MIN_STREAM_BYTES..))]
+    /// The most bytes the events stream keeps, at least 1 MiB; the oldest events go
+    /// first. `-1` (the default) is no bound but the age: JetStream reserves this much on
+    /// every replica up front, so set it to the volume NATS has.
+    #[arg(long, env = "EVENTS_STREAM_MAX_BYTES", default_value_t = event_store::bus::UNBOUNDED_BYTES,
+          allow_negative_numbers = true, value_parser = parse_stream_bytes)]
     pub events_stream_max_bytes: i64,
 
     /// The JetStream stream that carries the events (API.md: `LEDGER_EVENTS`). Tests and
@@ -59,6 +61,16 @@ pub struct CommonConfig {
 /// The smallest `EVENTS_STREAM_MAX_BYTES` accepted: 1 MiB, so that one bound at most a
 /// few thousand events is a deliberate choice and not a unit mistake.
 pub const MIN_STREAM_BYTES: i64 = 1024 * 1024;
+
+/// `EVENTS_STREAM_MAX_BYTES`: `-1`, or at least [`MIN_STREAM_BYTES`].
+fn parse_stream_bytes(value: &str) -> Result<i64, String> {
+    let bytes: i64 = value.trim().parse().map_err(|error| format!("{error}"))?;
+    if bytes == event_store::bus::UNBOUNDED_BYTES || bytes >= MIN_STREAM_BYTES {
+        Ok(bytes)
+    } else {
+        Err(format!("-1 (no bound) or at least {MIN_STREAM_BYTES} bytes"))
+    }
+}
 
 /// Settings that each parse but cannot work together; the process refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stream_defaults_to_one_replica_kept_a_week_and_8_gib() {
+    fn the_stream_defaults_to_one_replica_kept_a_week_without_a_byte_bound() {
         let common = parse(&[]).expect("defaults");
         assert_eq!(common.stream_limits(), event_store::bus::StreamLimits::default());
         assert!(common.check().is_ok());
@@ -183,8 +195,13 @@ mod tests {
             ["--events-stream-replicas", "6"],
             ["--events-stream-max-age-seconds", "0"],
             ["--events-stream-max-bytes", "1000"],
+            ["--events-stream-max-bytes", "-2"],
         ] {
             assert!(parse(&arguments).is_err(), "{arguments:?}");
+        }
+        for (bytes, expected) in [("-1", -1), ("1048576", 1_048_576)] {
+            let common = parse(&["--events-stream-max-bytes", bytes]).expect(bytes);
+            assert_eq!(common.stream_limits().max_bytes, expected);
         }
     }
 }
