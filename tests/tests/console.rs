@@ -521,6 +521,33 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
     assert!(started.contains("transfers"), "{started}");
     screenshot(&browser, "projections-rebuild").await;
 
+    // Verify the log: the chain over everything written so far holds, and its head
+    // hash is the one the API reports for the same range.
+    browser
+        .find(Locator::Id("verify-log"))
+        .await
+        .expect("verify link")
+        .click()
+        .await
+        .expect("verify page");
+    browser
+        .find(Locator::Id("verify-run"))
+        .await
+        .expect("verify button")
+        .click()
+        .await
+        .expect("verified");
+    let verdict = visible_text(&browser, "verdict").await;
+    assert!(verdict.starts_with("Verified"), "{verdict}");
+    let head_hash = visible_text(&browser, "head-hash").await;
+    assert_eq!(head_hash.len(), 64, "{head_hash}");
+    assert!(
+        head_hash.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        "{head_hash}"
+    );
+    assert_usable(&browser, "verify").await;
+    screenshot(&browser, "verify").await;
+
     // The CSP header on every page visited (WebDriver does not show headers).
     let session = sign_in_cookie(&base).await;
     for path in [
@@ -530,6 +557,7 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         "/console/audit".to_owned(),
         format!("/console/transfers/{transfer_id}"),
         "/console/projections".to_owned(),
+        "/console/log/verify?run=1".to_owned(),
     ] {
         let response = reqwest::Client::new()
             .get(format!("{base}{path}"))

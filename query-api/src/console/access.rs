@@ -43,6 +43,8 @@ pub const CONSOLE_ACCESS: &[ConsoleAccess] = &[
         "/console/projections/{name}/rebuild",
         Some(Role::Admin),
     ),
+    // As `GET /audit/verify`: the log is an auditor's.
+    route(Method::GET, "/console/log/verify", Some(Role::Auditor)),
 ];
 
 /// The entry for a request, `HEAD` needing what `GET` needs; `None` if unlisted.

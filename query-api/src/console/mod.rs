@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console/projections", get(pages::projections))
         .route("/console/projections/status", get(pages::projections_status))
         .route("/console/projections/{name}/rebuild", post(pages::rebuild))
+        .route("/console/log/verify", get(pages::verify_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), session::authorize))
         .route_layer(middleware::from_fn(service::http_observe::record_route))
         .layer(middleware::from_fn(security_headers))

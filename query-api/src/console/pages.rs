@@ -482,6 +482,8 @@ struct EnvelopeRow {
     command: String,
     idempotency_key: Option<String>,
     trace: Option<String>,
+    /// The event's link in the tamper-evident chain (lowercase hex).
+    hash: Option<String>,
     data: String,
 }
 
@@ -527,6 +529,7 @@ pub async fn audit(
             command: event.metadata.command,
             idempotency_key: event.metadata.idempotency_key,
             trace: event.metadata.trace,
+            hash: event.hash,
             data: serde_json::to_string_pretty(&event.data).unwrap_or_default(),
         })
         .collect();
@@ -612,6 +615,7 @@ pub async fn projections(
             projections => Serde(rows),
             rebuilding => rebuilding,
             admin => signed_in.may(Role::Admin),
+            auditor => signed_in.may(Role::Auditor),
             projector_configured => state.projector.is_some(),
         },
     )
@@ -662,4 +666,40 @@ pub async fn rebuild(
             Err(fail(StatusCode::BAD_GATEWAY, error.to_string()))
         }
     }
+}
+
+/// `GET /console/log/verify`: the tamper-evident log's check over a range (API.md,
+/// "Tamper-evident log"), run by the same function as `GET /audit/verify`. Reading, not
+/// changing anything, so a GET: the form submits the range in the query, and the page
+/// with no range shows the form alone. The verdict's `head_hash` is shown for the
+/// auditor to keep, which is what catches a rewrite of the whole chain later.
+pub async fn verify_log(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    filled: Filled,
+) -> PageResult {
+    let fail = |error: ConsoleError| error.with_session(signed_in.clone());
+    let asked = filled.get("run").is_some();
+    let verdict = if asked {
+        let answer = crate::verify::verify_chain(State(state), filled.params().map_err(fail)?)
+            .await
+            .map_err(|error| fail(error.into()))?;
+        Some(serde_json::to_value(&answer.0).map_err(|error| {
+            fail(ConsoleError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error.to_string(),
+            ))
+        })?)
+    } else {
+        None
+    };
+    page(
+        "verify.html",
+        context! {
+            nav => Serde(Nav::of(Some(&signed_in))),
+            from => filled.get("from").unwrap_or_default(),
+            to => filled.get("to").unwrap_or_default(),
+            verdict => verdict.map(Serde),
+        },
+    )
 }

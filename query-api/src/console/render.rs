@@ -20,6 +20,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("transfer.html", include_str!("templates/transfer.html")),
     ("audit.html", include_str!("templates/audit.html")),
     ("projections.html", include_str!("templates/projections.html")),
+    ("verify.html", include_str!("templates/verify.html")),
 ];
 
 static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
