@@ -17,6 +17,7 @@ const ROUTES: &[&str] = &[
     "/audit/events",
     "/audit/events/live",
     "/audit/streams/{stream_id}",
+    "/audit/verify",
     "/projections",
 ];
 
