@@ -124,11 +124,18 @@ async fn commands_over_http_build_a_chain_that_verifies_and_travels_on_nats() {
 
     // The relay's messages carry the same hash for each position.
     let client = async_nats::connect(&system.nats_url).await.expect("NATS");
-    let mut stream = jetstream::new(client)
-        .get_stream(&system.stream_name)
-        .await
-        .expect("the system's stream");
+    let jetstream = jetstream::new(client);
     let deadline = Instant::now() + RELAY_TIMEOUT;
+    // The relay creates the stream on its first round, which may not have run yet.
+    let mut stream = loop {
+        match jetstream.get_stream(&system.stream_name).await {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "the system's stream: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     loop {
         let held = stream.info().await.expect("stream info").state.messages;
         if held as i64 >= head {

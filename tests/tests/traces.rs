@@ -271,6 +271,24 @@ async fn one_deposit_is_one_trace_from_the_request_to_the_projections() {
         "at least one projection got the event through NATS: {projected:#?}"
     );
 
+    // The trace as a collector shows it (`cargo test --test traces -- --nocapture`).
+    let mut listed = String::new();
+    for span in spans
+        .iter()
+        .filter(|span| span.trace_id == trace_id || span.links.iter().any(|(trace, _)| *trace == trace_id))
+    {
+        let linked = if span.trace_id == trace_id {
+            ""
+        } else {
+            " (linked)"
+        };
+        listed.push_str(&format!(
+            "  {:<12} {:<32} span {} parent {}{linked}\n",
+            span.service, span.name, span.span_id, span.parent_span_id
+        ));
+    }
+    eprintln!("trace {trace_id}, client span {client_span_id}:\n{listed}");
+
     assert!(system.shut_down().await.expect("shut down"), "clean exit");
 }
 
