@@ -51,7 +51,7 @@ for process in ("command-api", "projector", "query-api", "healthcheck"):
         sys.exit(f"the Containerfile does not build {process}")
     if f"target/release/{process}" not in text:
         sys.exit(f"the Containerfile does not copy {process} into the image")
-print(f"  builds {sorted(wanted)}, all workspace binaries")
+print(f"  builds {sorted(wanted)}, each a binary of the workspace, the three processes among them")
 PY
 }
 

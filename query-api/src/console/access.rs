@@ -45,6 +45,9 @@ pub const CONSOLE_ACCESS: &[ConsoleAccess] = &[
     ),
     // As `GET /audit/verify`: the log is an auditor's.
     route(Method::GET, "/console/log/verify", Some(Role::Auditor)),
+    // The catch-all of paths no console page has: a 404 page for anyone.
+    route(Method::GET, "/console/{*rest}", None),
+    route(Method::POST, "/console/{*rest}", None),
 ];
 
 /// The entry for a request, `HEAD` needing what `GET` needs; `None` if unlisted.

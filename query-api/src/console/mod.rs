@@ -28,7 +28,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::AppState;
 
@@ -58,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         .route("/console/projections/status", get(pages::projections_status))
         .route("/console/projections/{name}/rebuild", post(pages::rebuild))
         .route("/console/log/verify", get(pages::verify_log))
+        // Any other path under /console is a console page that does not exist: an HTML
+        // 404 with the console's headers, not the API's problem document.
+        .route("/console/{*rest}", any(pages::not_found))
         .route_layer(middleware::from_fn_with_state(state.clone(), session::authorize))
         .route_layer(middleware::from_fn(service::http_observe::record_route))
         .layer(middleware::from_fn(security_headers))

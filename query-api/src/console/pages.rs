@@ -703,3 +703,13 @@ pub async fn verify_log(
         },
     )
 }
+
+/// Any path under `/console` that is no page: 404 as an HTML page with the console's
+/// headers, like every other console answer.
+pub async fn not_found(signed_in: Option<Extension<SignedIn>>) -> ConsoleError {
+    let error = ConsoleError::new(StatusCode::NOT_FOUND, "There is no console page here.");
+    match signed_in {
+        Some(Extension(signed_in)) => error.with_session(signed_in),
+        None => error,
+    }
+}

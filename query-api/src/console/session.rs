@@ -181,7 +181,7 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         (Some(role), Some(signed_in)) if !signed_in.may(role) => ConsoleError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "This page needs the `{}` role, which your token does not hold.",
+                "This page needs the {} role, which your token does not hold.",
                 role.as_str()
             ),
         )

@@ -179,6 +179,17 @@ async fn every_console_answer_carries_the_security_headers(pool: PgPool) {
     .await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_security_headers(missing.headers(), "a missing transfer");
+    for path in ["/console/nope", "/console/accounts/x/y"] {
+        let unknown = get(&app, path, Some(&admin)).await;
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_security_headers(unknown.headers(), path);
+        assert!(
+            unknown.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|value| value.starts_with("text/html")),
+            "{path}: an HTML page"
+        );
+    }
     let malformed = get(&app, "/console/accounts?currency=euro", Some(&admin)).await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_security_headers(malformed.headers(), "a malformed filter");
