@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::checkpoint;
 use crate::fold::{self, AccountRow, ApplyError, ProjectedEvent, TransactionRow, TransferRow};
+use crate::lease::Fence;
 use crate::projection::Projection;
 use crate::tables;
 
@@ -36,6 +37,10 @@ pub enum BatchError {
     /// missing range first.
     #[error("the batch starts at {first} but the checkpoint is {checkpoint}")]
     Gap { checkpoint: i64, first: i64 },
+    /// Another instance holds the projection's lease now ([`crate::lease`]); nothing was
+    /// written, and this instance stands by.
+    #[error("another instance took over the projection's lease")]
+    LeaseLost,
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -122,6 +127,8 @@ impl FoldState {
 /// Applies `events` (contiguous, in position order) to `projection`, skipping those at
 /// or below its checkpoint, and returns the checkpoint after. When an event cannot be
 /// applied, the events before it are committed and [`BatchError::Apply`] names it.
+/// Writes nothing and answers [`BatchError::LeaseLost`] unless the checkpoint row's
+/// lease is still `fence`'s.
 ///
 /// Traces: the batch is an `apply batch` span linked to each event's trace context, and
 /// each event gets a `project <event type>` span that continues it, open from the start
@@ -134,6 +141,7 @@ pub async fn apply_batch(
     projection: Projection,
     events: &[RecordedEvent],
     parents: &[Option<String>],
+    fence: &Fence,
 ) -> Result<i64, BatchError> {
     // Closed (and so exported) when the batch is done, committed or not.
     let _projecting = event_spans(projection, events, parents);
@@ -148,7 +156,7 @@ pub async fn apply_batch(
             }
         }
     }
-    let outcome = match apply_decoded(pool, projection, &decoded).await {
+    let outcome = match apply_decoded(pool, projection, &decoded, fence).await {
         Ok(checkpoint) => return undecodable.map_or(Ok(checkpoint), |error| Err(error.into())),
         Err(outcome) => outcome,
     };
@@ -156,7 +164,7 @@ pub async fn apply_batch(
         Failure::Fold { index, error } => {
             // Commit the good prefix so the checkpoint stops right before the bad event.
             if index > 0 {
-                match apply_decoded(pool, projection, &decoded[..index]).await {
+                match apply_decoded(pool, projection, &decoded[..index], fence).await {
                     Ok(_) => {}
                     Err(Failure::Batch(error)) => return Err(error),
                     Err(Failure::Fold { error, .. }) => return Err(error.into()),
@@ -216,9 +224,12 @@ async fn apply_decoded(
     pool: &PgPool,
     projection: Projection,
     events: &[ProjectedEvent],
+    fence: &Fence,
 ) -> Result<i64, Failure> {
     let mut transaction = pool.begin().await?;
-    let checkpoint = checkpoint::lock(&mut transaction, projection).await?;
+    let Some(checkpoint) = checkpoint::lock_fenced(&mut transaction, projection, fence).await? else {
+        return Err(Failure::Batch(BatchError::LeaseLost));
+    };
     let skipped = events
         .iter()
         .take_while(|event| event.position <= checkpoint)

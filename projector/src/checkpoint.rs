@@ -3,11 +3,13 @@
 //!
 //! The row is also the projection's writer lock. Every live batch and every rebuild
 //! swap locks it (`SELECT ... FOR UPDATE`) first and reads the position under that lock,
-//! so two writers of one projection (a live task and a rebuild, or two projector
-//! processes) take turns and each sees where the other left off.
+//! so two writers of one projection (a live task and a rebuild) take turns and each sees
+//! where the other left off. The row also carries the projection's live-applier lease
+//! ([`crate::lease`]), checked under that same lock.
 
 use sqlx::PgConnection;
 
+use crate::lease::Fence;
 use crate::projection::Projection;
 
 /// The PostgreSQL channel on which every committed batch announces
@@ -35,6 +37,27 @@ pub async fn lock(connection: &mut PgConnection, projection: Projection) -> Resu
     .bind(projection.name())
     .fetch_one(&mut *connection)
     .await
+}
+
+/// Locks the projection's checkpoint row until the transaction ends, as [`lock`] does,
+/// and returns its position only if the row's lease is still `fence`'s (same holder,
+/// same epoch); `None` when another instance took the lease over, so the batch must not
+/// write. One statement: the live path's only addition for the lease.
+pub async fn lock_fenced(
+    connection: &mut PgConnection,
+    projection: Projection,
+    fence: &Fence,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT position, lease_holder IS NOT DISTINCT FROM $2 AND lease_epoch = $3 \
+         FROM read_model.projection_checkpoints WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(projection.name())
+    .bind(&*fence.holder)
+    .bind(fence.epoch)
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.and_then(|(position, held)| held.then_some(position)))
 }
 
 /// Moves the checkpoint to `position` (in the caller's transaction, with the rows it

@@ -15,6 +15,7 @@
 //! - [`copy_rows`]: binary `COPY` of read-model rows, for rebuilds.
 //! - [`checkpoint`]: each projection's checkpoint row, which is also its writer lock.
 //! - [`apply`]: one batch, one transaction, checkpoint included.
+//! - [`lease`]: which instance applies each projection live; the others stand by.
 //! - [`live`]: the JetStream-driven live tasks, gap filling, stopping on bad events.
 //! - [`rebuild`]: replay into fresh tables and swap them in.
 //! - [`status`]: positions, head, lag and state; metrics.
@@ -27,6 +28,7 @@ pub mod copy_rows;
 pub mod error;
 pub mod fold;
 pub mod http;
+pub mod lease;
 pub mod live;
 pub mod projection;
 pub mod rebuild;
@@ -74,9 +76,28 @@ pub struct Config {
     /// Durable consumers are named `<prefix>_<projection>`.
     #[arg(long, env = "PROJECTOR_CONSUMER_PREFIX", default_value = "projector")]
     pub consumer_prefix: String,
+    /// This instance's name in the projections' leases (`GET /projections` shows the
+    /// holder) and its PostgreSQL `application_name`. Default: `<host name>-<pid>`.
+    #[arg(long, env = "PROJECTOR_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The most bytes of an instance id: PostgreSQL keeps 63 bytes of an `application_name`.
+pub const MAX_INSTANCE_ID_BYTES: usize = 63;
+
+/// An instance id is 1 to [`MAX_INSTANCE_ID_BYTES`] printable ASCII characters, so it
+/// reads the same in `GET /projections`, the logs and `pg_stat_activity`.
+fn parse_instance_id(value: &str) -> Result<String, String> {
+    let printable = value.bytes().all(|byte| byte.is_ascii_graphic());
+    if value.is_empty() || value.len() > MAX_INSTANCE_ID_BYTES || !printable {
+        return Err(format!(
+            "must be 1 to {MAX_INSTANCE_ID_BYTES} printable ASCII characters without spaces"
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 /// What to do instead of running live.
@@ -221,6 +242,23 @@ async fn connect(common: &CommonConfig) -> Result<PgPool, StartupError> {
     service::database::connect_and_migrate(&common.database_url, common.database_max_connections).await
 }
 
+/// Connections that live applying and the leases use: every session ends a transaction
+/// left idle for [`lease::LIVE_IDLE_IN_TRANSACTION_TIMEOUT`] (a frozen holder's batch
+/// must not keep the checkpoint row locked) and names the instance in
+/// `pg_stat_activity`. Three projections apply one batch each at a time, plus the keeper.
+async fn live_pool(common: &CommonConfig, instance: &str) -> Result<PgPool, StartupError> {
+    const LIVE_CONNECTIONS: u32 = 4;
+    let timeout_ms = lease::LIVE_IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string();
+    let options = service::database::connect_options(&common.database_url)
+        .map_err(StartupError::Database)?
+        .options([("idle_in_transaction_session_timeout", timeout_ms.as_str())])
+        .application_name(instance);
+    service::database::pool_options(LIVE_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .map_err(StartupError::Database)
+}
+
 async fn serve(
     config: Config,
     pool: PgPool,
@@ -232,12 +270,29 @@ async fn serve(
     if let Err(error) = rebuild::clear_abandoned(&pool).await {
         tracing::warn!(error = %event_store::error_chain(&error), "could not clear abandoned rebuilds");
     }
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(lease::default_instance_id);
+    let live_pool = live_pool(&config.common, &instance).await?;
+    let (keeper, leases) =
+        lease::LeaseKeeper::new(live_pool.clone(), &instance, lease::LeaseConfig::default());
+    tracing::info!(instance = %instance, "standing by for the projections' leases");
     let stop = CancellationToken::new();
-    let live = tokio::spawn(live::run(pool.clone(), nats.clone(), config.live(), stop.clone()));
+    let live = tokio::spawn(live::run(
+        live_pool,
+        nats.clone(),
+        config.live(),
+        leases,
+        stop.clone(),
+    ));
+    let keeping = tokio::spawn(keeper.run(stop.clone()));
     let state = AppState::new(Readiness { pool, nats }, authenticator);
     let served = service::serve::serve(listener, app(state), shutdown).await;
     stop.cancel();
     let _ = live.await;
+    // After the live tasks: their last batches commit before the leases are released.
+    let _ = keeping.await;
     served.map_err(RunError::Serve)
 }
 
@@ -281,5 +336,20 @@ mod tests {
             (live.stream_name.as_str(), live.subject_prefix.as_str()),
             ("OTHER", "other")
         );
+    }
+
+    #[test]
+    fn an_instance_id_is_printable_ascii_that_fits_an_application_name() {
+        let parse = |id: &str| {
+            Config::try_parse_from(["projector", "--instance-id", id]).map(|config| config.instance_id)
+        };
+        assert_eq!(
+            parse("projector-0").expect("valid"),
+            Some("projector-0".to_owned())
+        );
+        assert_eq!(parse(&"x".repeat(63)).expect("63 bytes"), Some("x".repeat(63)));
+        for bad in ["", "two words", "tab\there", "é", &"x".repeat(64)] {
+            assert!(parse(bad).is_err(), "{bad:?} is refused");
+        }
     }
 }

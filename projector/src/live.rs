@@ -11,18 +11,20 @@
 //! unacknowledged, the error is in the checkpoint row, the logs and the metrics) until
 //! a rebuild or an operator clears the state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use event_store::bus::StreamLimits;
 use event_store::subscription::{Delivery, Subscription, SubscriptionConfig, SubscriptionError};
 use event_store::{EventStore, RecordedEvent, StoreError, error_chain, read::check_contiguous};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, instrument, warn};
 
 use crate::apply::{self, BatchError};
 use crate::checkpoint;
+use crate::lease::Fence;
 use crate::projection::Projection;
 
 /// How the live tasks run. [`LiveConfig::new`] gives the production values.
@@ -91,18 +93,27 @@ pub enum LiveError {
     Database(#[from] sqlx::Error),
 }
 
-/// Runs every projection live until `shutdown` is cancelled.
-pub async fn run(pool: PgPool, client: async_nats::Client, config: LiveConfig, shutdown: CancellationToken) {
+/// Runs every projection live until `shutdown` is cancelled: each projection's task
+/// applies it while `leases` says this instance holds its lease, and stands by otherwise.
+pub async fn run(
+    pool: PgPool,
+    client: async_nats::Client,
+    config: LiveConfig,
+    mut leases: HashMap<Projection, watch::Receiver<Option<Fence>>>,
+    shutdown: CancellationToken,
+) {
     let tasks: Vec<_> = Projection::ALL
         .into_iter()
-        .map(|projection| {
-            tokio::spawn(run_projection(
+        .filter_map(|projection| {
+            let lease = leases.remove(&projection)?;
+            Some(tokio::spawn(run_projection(
                 pool.clone(),
                 client.clone(),
                 config.clone(),
                 projection,
+                lease,
                 shutdown.clone(),
-            ))
+            )))
         })
         .collect();
     for task in tasks {
@@ -112,37 +123,92 @@ pub async fn run(pool: PgPool, client: async_nats::Client, config: LiveConfig, s
     }
 }
 
-/// Runs one projection live until `shutdown`: retries failures, and waits while the
-/// projection is stopped by an event it cannot apply.
+/// Runs one projection until `shutdown`: stands by until this instance holds the
+/// projection's lease, applies it live while it does, and stands by again when it is
+/// lost.
 pub async fn run_projection(
     pool: PgPool,
     client: async_nats::Client,
     config: LiveConfig,
     projection: Projection,
+    mut lease: watch::Receiver<Option<Fence>>,
     shutdown: CancellationToken,
 ) {
     let store = EventStore::new(pool.clone());
-    while !shutdown.is_cancelled() {
-        let error = match follow(&store, &client, &config, projection, &shutdown).await {
+    loop {
+        let fence = tokio::select! {
+            () = shutdown.cancelled() => return,
+            held = lease.wait_for(Option::is_some) => match held {
+                Ok(held) => held.clone(),
+                // The keeper is gone: the process is shutting down.
+                Err(_) => return,
+            },
+        };
+        let Some(fence) = fence else { continue };
+        // Ends the applying when the keeper says the lease is no longer this fence.
+        let holding = shutdown.child_token();
+        let watcher = tokio::spawn(cancel_when_lost(lease.clone(), fence.clone(), holding.clone()));
+        apply_while_held(&store, &client, &config, projection, &fence, &holding).await;
+        holding.cancel();
+        let _ = watcher.await;
+        // A batch may see the take-over before the keeper's next tick does: wait for the
+        // keeper to agree, rather than trying the same fence again at once.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = lease.wait_for(|held| held.as_ref() != Some(&fence)) => {}
+        }
+    }
+}
+
+/// Cancels `holding` once `lease` no longer holds `fence` (or its keeper is gone).
+async fn cancel_when_lost(
+    mut lease: watch::Receiver<Option<Fence>>,
+    fence: Fence,
+    holding: CancellationToken,
+) {
+    tokio::select! {
+        () = holding.cancelled() => {}
+        _ = lease.wait_for(|held| held.as_ref() != Some(&fence)) => holding.cancel(),
+    }
+}
+
+/// Applies the projection live under `fence` until `holding` is cancelled or a batch
+/// finds the lease taken over: retries failures, and waits while the projection is
+/// stopped by an event it cannot apply.
+async fn apply_while_held(
+    store: &EventStore,
+    client: &async_nats::Client,
+    config: &LiveConfig,
+    projection: Projection,
+    fence: &Fence,
+    holding: &CancellationToken,
+) {
+    let pool = store.pool();
+    while !holding.is_cancelled() {
+        let error = match follow(store, client, config, projection, fence, holding).await {
             Ok(()) => return,
             Err(error) => error,
         };
         let chain = error_chain(&error);
+        if let LiveError::Batch(BatchError::LeaseLost) = &error {
+            warn!(projection = %projection, "another instance took over the projection; standing by");
+            return;
+        }
         if let LiveError::Batch(batch) = &error
             && batch.stops_projection()
         {
             error!(projection = %projection, error = %chain, "projection stopped: an event cannot be applied");
             metrics::counter!("projector_stops_total", "projection" => projection.name()).increment(1);
-            if let Err(error) = mark_stopped(&pool, projection, &chain).await {
+            if let Err(error) = mark_stopped(pool, projection, &chain).await {
                 warn!(projection = %projection, error = %error_chain(&error), "could not record the stop");
             }
-            wait_while_stopped(&pool, projection, &config, &shutdown).await;
+            wait_while_stopped(pool, projection, config, holding).await;
             continue;
         }
         warn!(projection = %projection, error = %chain, "live projection failed; catching up again");
         metrics::counter!("projector_failures_total", "projection" => projection.name()).increment(1);
         tokio::select! {
-            () = shutdown.cancelled() => {}
+            () = holding.cancelled() => {}
             () = tokio::time::sleep(config.retry_interval) => {}
         }
     }
@@ -187,10 +253,11 @@ async fn follow(
     client: &async_nats::Client,
     config: &LiveConfig,
     projection: Projection,
+    fence: &Fence,
     shutdown: &CancellationToken,
 ) -> Result<(), LiveError> {
     let mut checkpoint = checkpoint::position(store.pool(), projection).await?;
-    checkpoint = catch_up(store, projection, config, checkpoint, None).await?;
+    checkpoint = catch_up(store, projection, config, checkpoint, None, fence).await?;
     let mut subscription = Subscription::connect(
         client.clone(),
         &SubscriptionConfig {
@@ -210,10 +277,10 @@ async fn follow(
         };
         if batch.is_empty() {
             // Quiet consumer: whatever NATS did not bring, the store has.
-            checkpoint = catch_up(store, projection, config, checkpoint, None).await?;
+            checkpoint = catch_up(store, projection, config, checkpoint, None, fence).await?;
             continue;
         }
-        checkpoint = apply_deliveries(store, projection, config, checkpoint, &batch).await?;
+        checkpoint = apply_deliveries(store, projection, config, checkpoint, &batch, fence).await?;
         for delivery in &batch {
             delivery.ack().await?;
         }
@@ -229,6 +296,7 @@ async fn apply_deliveries(
     config: &LiveConfig,
     checkpoint: i64,
     batch: &[Delivery],
+    fence: &Fence,
 ) -> Result<i64, LiveError> {
     let unreadable = batch
         .iter()
@@ -268,13 +336,13 @@ async fn apply_deliveries(
             .unzip();
         // Guarantee 2, asserted where it is consumed.
         check_contiguous(checkpoint, &events)?;
-        return Ok(apply::apply_batch(store.pool(), projection, &events, &parents).await?);
+        return Ok(apply::apply_batch(store.pool(), projection, &events, &parents, fence).await?);
     }
     let missing = wanted - fresh.len();
     warn!(projection = %projection, checkpoint, highest, missing, "gap in the delivered positions; filling it from the event store");
     metrics::counter!("projector_gap_events_filled_total", "projection" => projection.name())
         .increment(missing as u64);
-    catch_up(store, projection, config, checkpoint, Some(highest)).await
+    catch_up(store, projection, config, checkpoint, Some(highest), fence).await
 }
 
 /// Applies everything after `checkpoint` from the store, up to `until` (inclusive) or to
@@ -285,6 +353,7 @@ async fn catch_up(
     config: &LiveConfig,
     mut checkpoint: i64,
     until: Option<i64>,
+    fence: &Fence,
 ) -> Result<i64, LiveError> {
     loop {
         let remaining = until.map_or(i64::MAX, |until| until - checkpoint);
@@ -297,6 +366,6 @@ async fn catch_up(
             return Ok(checkpoint);
         }
         // Read from the store, not delivered: each event continues its stored context.
-        checkpoint = apply::apply_batch(store.pool(), projection, &events, &[]).await?;
+        checkpoint = apply::apply_batch(store.pool(), projection, &events, &[], fence).await?;
     }
 }

@@ -37,6 +37,12 @@ pub struct ProjectionStatus {
     pub error: Option<String>,
     /// When the checkpoint row last changed.
     pub updated_at: DateTime<Utc>,
+    /// The projector instance that applies it live (`PROJECTOR_INSTANCE_ID`), while its
+    /// lease is current; `None` when no instance holds it (none running, or a holder
+    /// died and its lease lapsed).
+    pub holder: Option<String>,
+    /// When the holder's lease lapses unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Every projection's status, read in one statement (one snapshot).
@@ -47,7 +53,9 @@ pub async fn read(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
              COALESCE(EXTRACT(EPOCH FROM now() - ( \
                  SELECT e.recorded_at FROM events e WHERE e.position = c.position + 1)), 0)::float8 \
                  AS lag_seconds, \
-             c.status, c.error, c.updated_at \
+             c.status, c.error, c.updated_at, \
+             CASE WHEN c.lease_expires_at > now() THEN c.lease_holder END AS holder, \
+             CASE WHEN c.lease_expires_at > now() THEN c.lease_expires_at END AS lease_expires_at \
          FROM read_model.projection_checkpoints c CROSS JOIN event_store_head h \
          ORDER BY c.projection",
     )
@@ -132,18 +140,19 @@ pub fn publish_metrics(statuses: &[ProjectionStatus]) {
 /// A fixed-width table for `projector status`.
 pub fn render_table(statuses: &[ProjectionStatus]) -> String {
     let mut out = format!(
-        "{:<22} {:>12} {:>12} {:>10} {:>10}  {:<10} {}\n",
-        "projection", "position", "head", "lag", "lag_s", "state", "error"
+        "{:<22} {:>12} {:>12} {:>10} {:>10}  {:<10} {:<24} {}\n",
+        "projection", "position", "head", "lag", "lag_s", "state", "holder", "error"
     );
     for status in statuses {
         out.push_str(&format!(
-            "{:<22} {:>12} {:>12} {:>10} {:>10.3}  {:<10} {}\n",
+            "{:<22} {:>12} {:>12} {:>10} {:>10.3}  {:<10} {:<24} {}\n",
             status.name,
             status.position,
             status.head,
             status.lag,
             status.lag_seconds,
             status.status,
+            status.holder.as_deref().unwrap_or("-"),
             status.error.as_deref().unwrap_or("")
         ));
     }

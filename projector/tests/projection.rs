@@ -16,6 +16,7 @@ use domain::{
 use event_store::pii::{SEALED_PREFIX, Vault};
 use event_store::relay::{self, RelayConfig};
 use event_store::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StreamWrite};
+use projector::lease::{Fence, LeaseConfig, LeaseKeeper};
 use projector::live::LiveConfig;
 use projector::projection::Projection;
 use projector::{AppState, rebuild, status};
@@ -292,10 +293,14 @@ impl Harness {
         let mut live = LiveConfig::new(&stream_name, &subject_prefix);
         live.consumer_prefix = format!("projector_{unique}");
         live.idle_wait = idle_wait;
+        let (keeper, leases) =
+            LeaseKeeper::new(pool.clone(), &format!("test-{unique}"), LeaseConfig::default());
+        tasks.push(tokio::spawn(keeper.run(stop.clone())));
         tasks.push(tokio::spawn(projector::live::run(
             pool.clone(),
             nats.clone(),
             live.clone(),
+            leases,
             stop.clone(),
         )));
         Self {
@@ -839,4 +844,147 @@ async fn rebuilding_an_unknown_projection_is_a_404_problem_and_a_second_rebuild_
     lease.run(&pool).await.expect("the held rebuild completes");
     let (position, state, _) = checkpoint(&pool, Projection::Transfers).await;
     assert_eq!((position, state.as_str()), (0, "live"));
+}
+
+/// Lease timings short enough for a test to watch a lease lapse.
+fn quick_leases() -> LeaseConfig {
+    LeaseConfig {
+        ttl: Duration::from_millis(1_000),
+        renew_every: Duration::from_millis(300),
+        standby_poll: Duration::from_millis(100),
+    }
+}
+
+/// Waits until `lease` holds a fence, and returns it.
+async fn fence_of(lease: &mut tokio::sync::watch::Receiver<Option<Fence>>) -> Fence {
+    tokio::time::timeout(CATCH_UP_LIMIT, lease.wait_for(Option::is_some))
+        .await
+        .expect("the lease within the limit")
+        .expect("the keeper runs")
+        .clone()
+        .expect("a fence")
+}
+
+/// The lease columns of `projection`'s checkpoint row: holder and epoch.
+async fn lease_row(pool: &PgPool, projection: Projection) -> (Option<String>, i64) {
+    sqlx::query_as(
+        "SELECT lease_holder, lease_epoch FROM read_model.projection_checkpoints WHERE projection = $1",
+    )
+    .bind(projection.name())
+    .fetch_one(pool)
+    .await
+    .expect("lease row")
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn two_keepers_starting_together_hold_each_lease_once_and_hand_over_on_release(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = pool(options, connect).await;
+    let (keeper_a, leases_a) = LeaseKeeper::new(pool.clone(), "a", quick_leases());
+    let (keeper_b, mut leases_b) = LeaseKeeper::new(pool.clone(), "b", quick_leases());
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let task_a = tokio::spawn(keeper_a.run(stop_a.clone()));
+    let task_b = tokio::spawn(keeper_b.run(stop_b.clone()));
+    // Both have ticked several times: whatever the race gave, it has settled.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for projection in Projection::ALL {
+        let a = leases_a[&projection].borrow().clone();
+        let b = leases_b[&projection].borrow().clone();
+        let holder = match (&a, &b) {
+            (Some(fence), None) | (None, Some(fence)) => fence.clone(),
+            _ => panic!("{projection}: exactly one keeper holds the lease: a {a:?}, b {b:?}"),
+        };
+        assert_eq!(
+            lease_row(&pool, projection).await,
+            (Some(holder.holder.to_string()), holder.epoch),
+            "{projection}: the row names the holder"
+        );
+    }
+
+    // A releases what it holds on shutdown; B takes everything at its next poll.
+    stop_a.cancel();
+    task_a.await.expect("keeper a");
+    for projection in Projection::ALL {
+        let fence = tokio::time::timeout(
+            Duration::from_secs(2),
+            fence_of(leases_b.get_mut(&projection).expect("receiver")),
+        )
+        .await
+        .expect("b takes over within a poll or two of the release");
+        assert_eq!(&*fence.holder, "b");
+        assert!(leases_a[&projection].borrow().is_none());
+    }
+    stop_b.cancel();
+    task_b.await.expect("keeper b");
+    for projection in Projection::ALL {
+        assert_eq!(lease_row(&pool, projection).await.0, None, "released at shutdown");
+    }
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_holder_whose_lease_was_taken_over_writes_nothing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = pool(options, connect).await;
+    let store = EventStore::new(pool.clone());
+    let mut ledger = Ledger::new(store.clone(), 11);
+    ledger.open("EUR").await;
+    ledger.open("EUR").await;
+    ledger.transfer(0, 1, 500).await;
+    let events = store.read_all(0, 100).await.expect("events");
+
+    let (keeper_a, mut leases_a) = LeaseKeeper::new(pool.clone(), "a", quick_leases());
+    let frozen = tokio::spawn(keeper_a.run(CancellationToken::new()));
+    let fence_a = fence_of(leases_a.get_mut(&Projection::Accounts).expect("receiver")).await;
+    // A stops renewing and never releases, as a frozen process; its lease lapses and B,
+    // which started meanwhile, takes it.
+    frozen.abort();
+    let (keeper_b, mut leases_b) = LeaseKeeper::new(pool.clone(), "b", quick_leases());
+    let stop_b = CancellationToken::new();
+    let task_b = tokio::spawn(keeper_b.run(stop_b.clone()));
+    let fence_b = fence_of(leases_b.get_mut(&Projection::Accounts).expect("receiver")).await;
+    assert!(
+        fence_b.epoch > fence_a.epoch,
+        "a take-over raises the epoch: {fence_a:?} -> {fence_b:?}"
+    );
+
+    let refused = projector::apply::apply_batch(&pool, Projection::Accounts, &events, &[], &fence_a).await;
+    assert!(
+        matches!(refused, Err(projector::apply::BatchError::LeaseLost)),
+        "the old holder's batch is refused: {refused:?}"
+    );
+    assert_eq!(
+        checkpoint(&pool, Projection::Accounts).await.0,
+        0,
+        "nothing moved"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM read_model.accounts")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "nothing written");
+
+    let head = events.last().expect("events").position;
+    let applied = projector::apply::apply_batch(&pool, Projection::Accounts, &events, &[], &fence_b)
+        .await
+        .expect("the new holder applies");
+    assert_eq!(applied, head);
+    assert_eq!(checkpoint(&pool, Projection::Accounts).await.0, head);
+
+    // A restarted process with A's name gets a new epoch, so the old fence stays out.
+    let (keeper_a2, mut leases_a2) = LeaseKeeper::new(pool.clone(), "a", quick_leases());
+    stop_b.cancel();
+    task_b.await.expect("keeper b");
+    let stop_a2 = CancellationToken::new();
+    let task_a2 = tokio::spawn(keeper_a2.run(stop_a2.clone()));
+    let fence_a2 = fence_of(leases_a2.get_mut(&Projection::Accounts).expect("receiver")).await;
+    assert!(fence_a2.epoch > fence_b.epoch);
+    let refused = projector::apply::apply_batch(&pool, Projection::Accounts, &events, &[], &fence_a).await;
+    assert!(matches!(refused, Err(projector::apply::BatchError::LeaseLost)));
+    stop_a2.cancel();
+    task_a2.await.expect("keeper a2");
 }

@@ -28,6 +28,8 @@ pub struct ProjectionView {
     pub error: Option<String>,
     /// When `position` last moved.
     pub updated_at: DateTime<Utc>,
+    /// The projector instance applying it live while its lease is current, else `null`.
+    pub holder: Option<String>,
 }
 
 /// Every projection, by name.
@@ -69,7 +71,8 @@ pub async fn list_projections(
 async fn read_projections(state: &AppState) -> Result<Projected<ProjectionList>> {
     let items: Vec<ProjectionView> = sqlx::query_as(
         "SELECT projection AS name, checkpoint.position, head.position AS head, \
-         head.position - checkpoint.position AS lag, status, error, updated_at \
+         head.position - checkpoint.position AS lag, status, error, updated_at, \
+         CASE WHEN lease_expires_at > now() THEN lease_holder END AS holder \
          FROM read_model.projection_checkpoints checkpoint CROSS JOIN event_store_head head \
          ORDER BY projection",
     )

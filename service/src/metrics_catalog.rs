@@ -208,6 +208,11 @@ pub const METRICS: &[Metric] = &[
         Kind::Counter,
         "Projections stopped on an event that cannot be applied, by projection.",
     ),
+    metric(
+        "projector_lease_held",
+        Kind::Gauge,
+        "1 while this projector instance holds the projection's live-applier lease, else 0, by projection.",
+    ),
     metric("projector_rebuilds_total", Kind::Counter, "Rebuilds started."),
     metric(
         "projector_rebuild_events_total",

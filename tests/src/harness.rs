@@ -102,6 +102,12 @@ impl Process {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.start()?;
+        self.wait_ready().await
+    }
+
+    /// Spawns the process without waiting for it to be ready.
+    fn start(&mut self) -> anyhow::Result<()> {
         // Logs go to the test's stderr so a failing test shows them, unless the test
         // reads them from a file (appended to, so a restart keeps the earlier lines).
         let stderr = match &self.log_file {
@@ -123,7 +129,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.name()))?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     /// Waits until `/readyz` answers 200, or fails if the process exits first.
@@ -182,6 +188,32 @@ impl Process {
         Ok(status.success())
     }
 
+    /// SIGSTOP: the process stays alive, holding its connections and locks, but runs
+    /// nothing, as a process stuck in a long pause or on a frozen machine.
+    pub async fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// SIGCONT after [`Process::freeze`].
+    pub async fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .with_context(|| format!("{} is not running", self.binary.name()))?;
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        if !sent.success() {
+            bail!("could not send {signal} to {}", self.binary.name());
+        }
+        Ok(())
+    }
+
     /// Starts the process again with the same settings and waits until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill_hard().await?;
@@ -197,6 +229,9 @@ pub struct System {
     pub subject_prefix: String,
     pub nats_url: String,
     processes: HashMap<Binary, Process>,
+    /// Further instances of a binary beside the one in `processes`, by a name of the
+    /// test's choosing ([`System::add_instance`]).
+    instances: HashMap<String, Process>,
 }
 
 impl System {
@@ -220,6 +255,7 @@ impl System {
             subject_prefix: format!("e2e.{id}"),
             nats_url: nats_url.to_owned(),
             processes: HashMap::new(),
+            instances: HashMap::new(),
         };
         for &binary in binaries {
             system.add(binary).await?;
@@ -257,6 +293,51 @@ impl System {
         settings: &[(&str, &str)],
         log_file: Option<PathBuf>,
     ) -> anyhow::Result<()> {
+        let process = self.spawn_process(binary, settings, log_file).await?;
+        self.processes.insert(binary, process);
+        Ok(())
+    }
+
+    /// Starts further instances of `binary` all at once (so they race as a deployment's
+    /// replicas do), each named for [`System::instance`] and with its own settings added
+    /// to the system's environment, and waits until every one is ready.
+    pub async fn add_instances(
+        &mut self,
+        binary: Binary,
+        instances: &[(&str, &[(&str, &str)])],
+    ) -> anyhow::Result<()> {
+        let mut started = Vec::new();
+        for (name, settings) in instances {
+            let mut process = self.process_for(binary, settings, None)?;
+            process.start()?;
+            started.push((*name, process));
+        }
+        for (name, mut process) in started {
+            process.wait_ready().await?;
+            self.instances.insert(name.to_owned(), process);
+        }
+        Ok(())
+    }
+
+    async fn spawn_process(
+        &self,
+        binary: Binary,
+        settings: &[(&str, &str)],
+        log_file: Option<PathBuf>,
+    ) -> anyhow::Result<Process> {
+        let mut process = self.process_for(binary, settings, log_file)?;
+        process.spawn().await?;
+        Ok(process)
+    }
+
+    /// A process of `binary` on a free port with the system's environment and
+    /// `settings`, not yet started.
+    fn process_for(
+        &self,
+        binary: Binary,
+        settings: &[(&str, &str)],
+        log_file: Option<PathBuf>,
+    ) -> anyhow::Result<Process> {
         let address = free_address()?;
         let mut environment = self.environment();
         environment.extend(
@@ -265,16 +346,20 @@ impl System {
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
         );
         environment.insert(binary.address_variable().to_owned(), address.clone());
-        let mut process = Process {
+        Ok(Process {
             binary,
             address,
             environment,
             log_file,
             child: None,
-        };
-        process.spawn().await?;
-        self.processes.insert(binary, process);
-        Ok(())
+        })
+    }
+
+    /// The instance started as `name` by [`System::add_instance`].
+    pub fn instance(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.instances
+            .get_mut(name)
+            .with_context(|| format!("no instance {name} was started"))
     }
 
     /// Runs `binary` with `arguments` (a subcommand such as `projector rebuild --all`)
@@ -336,7 +421,7 @@ impl System {
     /// removes the database and the stream.
     pub async fn shut_down(mut self) -> anyhow::Result<bool> {
         let mut clean = true;
-        for process in self.processes.values_mut() {
+        for process in self.processes.values_mut().chain(self.instances.values_mut()) {
             clean &= process.terminate().await?;
         }
         self.remove_resources().await?;

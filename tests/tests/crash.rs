@@ -951,3 +951,261 @@ async fn a_projector_stopped_for_longer_than_the_streams_retention_catches_up_fr
     pool.close().await;
     system.shut_down().await.expect("shut down");
 }
+
+/// Records every checkpoint move with the session that made it (the projector sets its
+/// `application_name` to its instance id) and the lease the row named at that moment.
+/// Moves of one projection are serialised by the row lock, so `seq` is their commit
+/// order; a rolled-back batch leaves no record.
+const RECORD_CHECKPOINT_COMMITS: &str = "
+CREATE TABLE public.checkpoint_commits (
+    seq bigserial PRIMARY KEY, projection text NOT NULL, writer text NOT NULL,
+    holder text, epoch bigint NOT NULL, from_position bigint NOT NULL, to_position bigint NOT NULL);
+CREATE FUNCTION public.record_checkpoint_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.checkpoint_commits (projection, writer, holder, epoch, from_position, to_position)
+    VALUES (NEW.projection, current_setting('application_name'), NEW.lease_holder, NEW.lease_epoch,
+            OLD.position, NEW.position);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER record_checkpoint_commit AFTER UPDATE OF position ON read_model.projection_checkpoints
+    FOR EACH ROW WHEN (NEW.position IS DISTINCT FROM OLD.position)
+    EXECUTE FUNCTION public.record_checkpoint_commit();
+";
+
+/// The two projector instances of the lease tests, by name (= `PROJECTOR_INSTANCE_ID`).
+const PROJECTOR_INSTANCES: [&str; 2] = ["projector-a", "projector-b"];
+
+/// How long a take-over may take at most before the test fails: the lease's lifetime
+/// (6 s), a standby poll, and a frozen batch's idle-in-transaction timeout (5 s), with
+/// room for a loaded machine. The measured time is printed.
+const TAKE_OVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts the command API, installs [`RECORD_CHECKPOINT_COMMITS`], then both projector
+/// instances at once.
+async fn start_two_projectors() -> anyhow::Result<(System, PgPool)> {
+    let mut system = System::start(&[Binary::CommandApi]).await?;
+    let pool = connect(&system).await?;
+    sqlx::raw_sql(RECORD_CHECKPOINT_COMMITS).execute(&pool).await?;
+    let [a, b] = PROJECTOR_INSTANCES;
+    system
+        .add_instances(
+            Binary::Projector,
+            &[
+                (a, &[("PROJECTOR_INSTANCE_ID", a)]),
+                (b, &[("PROJECTOR_INSTANCE_ID", b)]),
+            ],
+        )
+        .await?;
+    Ok((system, pool))
+}
+
+/// Each projection's current lease holder, by projection (a lapsed lease is no holder).
+async fn lease_holders(pool: &PgPool) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT projection, CASE WHEN lease_expires_at > now() THEN lease_holder END \
+         FROM read_model.projection_checkpoints",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Waits until `instance` holds every projection's lease; returns how long that took.
+async fn wait_until_holder_of_all(pool: &PgPool, instance: &str) -> anyhow::Result<Duration> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let holders = lease_holders(pool).await?;
+        if holders.len() == 3 && holders.values().all(|holder| holder.as_deref() == Some(instance)) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > TAKE_OVER_LIMIT {
+            bail!("{instance} did not hold every projection within {TAKE_OVER_LIMIT:?}: {holders:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The instance holding the `accounts` lease, once some instance holds it.
+async fn current_holder(pool: &PgPool) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + TAKE_OVER_LIMIT;
+    loop {
+        if let Some(Some(holder)) = lease_holders(pool).await?.remove("accounts") {
+            return Ok(holder);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no instance took the accounts lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// No two appliers, ever: per projection, in commit order, every checkpoint move was made
+/// by the instance the row's lease named at that moment, the lease's epoch never went
+/// back, and the moves chain without gap or overlap from 0. Returns the instances that
+/// applied each projection, in the order they took over.
+async fn check_one_applier_at_a_time(pool: &PgPool) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let commits: Vec<(String, String, Option<String>, i64, i64, i64)> = sqlx::query_as(
+        "SELECT projection, writer, holder, epoch, from_position, to_position \
+         FROM public.checkpoint_commits ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut appliers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut last: HashMap<String, (i64, i64)> = HashMap::new();
+    for (projection, writer, holder, epoch, from, to) in commits {
+        ensure!(
+            holder.as_deref() == Some(writer.as_str()),
+            "{projection}: {writer} moved the checkpoint {from} -> {to} while the lease named {holder:?} (epoch {epoch})"
+        );
+        let (last_epoch, last_position) = last.get(&projection).copied().unwrap_or((0, 0));
+        ensure!(
+            epoch >= last_epoch,
+            "{projection}: epoch went back from {last_epoch} to {epoch} ({writer}, {from} -> {to})"
+        );
+        ensure!(
+            from == last_position && to > from,
+            "{projection}: {writer} moved the checkpoint {from} -> {to} after {last_position}"
+        );
+        last.insert(projection.clone(), (epoch, to));
+        let order = appliers.entry(projection).or_default();
+        if order.last() != Some(&writer) {
+            order.push(writer);
+        }
+    }
+    ensure!(appliers.len() == 3, "every projection was applied: {appliers:?}");
+    Ok(appliers)
+}
+
+#[tokio::test]
+async fn two_projectors_starting_together_apply_each_projection_once_and_hand_over_on_shutdown() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = Seed::choose("two projectors, start race and hand-over");
+    let (mut system, pool) = start_two_projectors().await.expect("system");
+    let client = Client::new(&system).expect("client");
+    let (accounts, setup) = open_accounts(&client, &seed).await.expect("accounts");
+    let load = Load::start(&client, &accounts, &seed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let holder = current_holder(&pool).await.expect("a holder");
+    let [a, b] = PROJECTOR_INSTANCES;
+    let standby = if holder == a { b } else { a };
+    // Each projection has exactly one holder (the race may share them out), and either
+    // instance's admin port names it, as `projector status` does.
+    let holders = lease_holders(&pool).await.expect("holders");
+    assert!(
+        holders.len() == 3 && holders.values().all(Option::is_some),
+        "every projection has a holder: {holders:?}"
+    );
+    let token = System::token("lease-test", &[Role::Viewer]).expect("token");
+    let listed: Value = reqwest::Client::new()
+        .get(system.instance(standby).expect("standby").url("/projections"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /projections")
+        .json()
+        .await
+        .expect("json");
+    for item in listed["items"].as_array().expect("items") {
+        let name = item["name"].as_str().expect("name");
+        assert_eq!(
+            item["holder"].as_str(),
+            holders.get(name).and_then(Option::as_deref),
+            "GET /projections names {name}'s holder: {listed}"
+        );
+    }
+
+    // A clean stop releases the leases: the standby takes over at its next poll.
+    let clean = system
+        .instance(&holder)
+        .expect("holder")
+        .terminate()
+        .await
+        .expect("SIGTERM");
+    assert!(clean, "{holder} stopped cleanly");
+    let handed_over = wait_until_holder_of_all(&pool, standby).await.expect("hand-over");
+    eprintln!("{standby} took over every projection {handed_over:?} after {holder} stopped");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let record = load.finish(setup).await.expect("load");
+
+    let head = head(&pool).await.expect("head");
+    wait_until_projected(&pool, head).await.expect("projected");
+    let appliers = check_one_applier_at_a_time(&pool)
+        .await
+        .expect("one applier at a time");
+    for (projection, order) in &appliers {
+        let first_holder = holders.get(projection).cloned().flatten().expect("a holder");
+        let expected = if first_holder == standby {
+            vec![first_holder]
+        } else {
+            vec![first_holder, standby.to_owned()]
+        };
+        assert_eq!(
+            order, &expected,
+            "{projection} was applied by its first holder, then by the standby only"
+        );
+    }
+    check_everything(&system, &record)
+        .await
+        .expect("after the hand-over");
+    system.shut_down().await.expect("shut down");
+}
+
+#[tokio::test]
+async fn a_frozen_projector_is_replaced_and_writes_nothing_when_it_resumes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = Seed::choose("frozen projector holder");
+    let (mut system, pool) = start_two_projectors().await.expect("system");
+    let client = Client::new(&system).expect("client");
+    let (accounts, setup) = open_accounts(&client, &seed).await.expect("accounts");
+    let mut chaos = seed.random(3);
+    let load = Load::start(&client, &accounts, &seed);
+    tokio::time::sleep(chaos.millis(1_000, 2_500)).await;
+
+    let holder = current_holder(&pool).await.expect("a holder");
+    let [a, b] = PROJECTOR_INSTANCES;
+    let standby = if holder == a { b } else { a };
+    // Frozen mid-load, most likely inside a batch transaction with the checkpoint row
+    // locked: its connections stay open, it renews nothing.
+    system
+        .instance(&holder)
+        .expect("holder")
+        .freeze()
+        .await
+        .expect("SIGSTOP");
+    let took_over = wait_until_holder_of_all(&pool, standby).await.expect("take-over");
+    eprintln!("{standby} took over every projection {took_over:?} after {holder} froze");
+    tokio::time::sleep(chaos.millis(500, 2_000)).await;
+    // Back after the take-over: whatever it had in flight must not land.
+    system
+        .instance(&holder)
+        .expect("holder")
+        .thaw()
+        .await
+        .expect("SIGCONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let record = load.finish(setup).await.expect("load");
+
+    let head = head(&pool).await.expect("head");
+    wait_until_projected(&pool, head).await.expect("projected");
+    let holders = lease_holders(&pool).await.expect("holders");
+    assert!(
+        holders.values().all(|held| held.as_deref() == Some(standby)),
+        "the resumed {holder} stands by: {holders:?}"
+    );
+    let appliers = check_one_applier_at_a_time(&pool)
+        .await
+        .expect("one applier at a time");
+    for (projection, order) in &appliers {
+        assert_eq!(
+            order.last().map(String::as_str),
+            Some(standby),
+            "{projection}: after the take-over only {standby} applied it: {order:?}"
+        );
+    }
+    check_everything(&system, &record)
+        .await
+        .expect("after the freeze");
+    system.shut_down().await.expect("shut down");
+}

@@ -575,6 +575,8 @@ struct ProjectionRow {
     status: String,
     error: Option<String>,
     updated_at: String,
+    /// The projector instance applying it live, if any holds its lease.
+    holder: Option<String>,
     rebuildable: bool,
 }
 
@@ -602,6 +604,7 @@ pub async fn projections(
             status: item.status,
             error: item.error,
             updated_at: utc(item.updated_at),
+            holder: item.holder,
         })
         .collect();
     let rebuilding = filled

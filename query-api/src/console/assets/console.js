@@ -63,6 +63,7 @@ function refreshProjections(table) {
         set("head", String(projection.head));
         set("lag", String(projection.lag));
         set("status", projection.error ? projection.status + ": " + projection.error : projection.status);
+        set("holder", projection.holder || "none");
         set("updated_at", utc(projection.updated_at));
       }
       state.textContent = "updated " + utc(new Date().toISOString());
