@@ -91,7 +91,9 @@ pub struct Config {
 
     /// PostgreSQL URL the queries run with: a role that may only read. Defaults to
     /// `--database-url` with the user `eventledger_reader` and no password (enough
-    /// under trust authentication); give one with a password otherwise.
+    /// under trust authentication); give one with a password otherwise. It may name a
+    /// streaming replica (a hot standby): every read then goes there, and
+    /// `min_position` waits until the replica has replayed the position.
     #[arg(long, env = "QUERY_API_READER_DATABASE_URL")]
     pub reader_database_url: Option<String>,
 }
@@ -244,17 +246,27 @@ pub async fn start(
     let pool = database::connect_reader(reader_options.clone(), max_connections).await?;
     let progress = Progress::new();
     progress.reload(&pool).await?;
-    // The listener keeps its connection for good: a pool of its own, so it never takes
-    // a slot from the requests.
-    let listener_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(service::database::ACQUIRE_TIMEOUT)
-        .connect_lazy_with(reader_options);
-    tokio::spawn(progress::run_listener(
-        progress.clone(),
-        listener_pool,
-        stop.clone(),
-    ));
+    if service::database::is_standby(&pool).await? {
+        // No notification reaches a replica: read its own positions while asked to.
+        tracing::info!("reading a streaming replica: positions are read from it while requests wait");
+        tokio::spawn(progress::follow_replica(
+            progress.clone(),
+            pool.clone(),
+            stop.clone(),
+        ));
+    } else {
+        // The listener keeps its connection for good: a pool of its own, so it never
+        // takes a slot from the requests.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(service::database::ACQUIRE_TIMEOUT)
+            .connect_lazy_with(reader_options);
+        tokio::spawn(progress::run_listener(
+            progress.clone(),
+            listener_pool,
+            stop.clone(),
+        ));
+    }
     Ok(AppState::new(Shared {
         readiness: Readiness {
             pool: pool.clone(),

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AppState;
 use crate::error::{QueryError, Result};
 use crate::params::{self, Params};
-use crate::progress::{PROJECTION_POSITION_HEADER, Positions, Source};
+use crate::progress::{DemandGuard, PROJECTION_POSITION_HEADER, Positions, Source};
 
 /// The most envelopes read per query while catching up: large enough that a reader far
 /// behind catches up in few queries, small enough to bound one query's memory.
@@ -113,6 +113,7 @@ pub async fn live_events(
         after,
         buffered: VecDeque::new(),
         positions: state.progress.subscribe(),
+        _demand: state.progress.tail_demand(),
         stop: state.stop.clone(),
         vault: state.vault.clone(),
         _permit: permit,
@@ -132,6 +133,8 @@ struct Tail {
     after: i64,
     buffered: VecDeque<RecordedEvent>,
     positions: watch::Receiver<Positions>,
+    /// Keeps a replica's positions being read while the tail is open.
+    _demand: DemandGuard,
     /// The process is stopping: end the stream so graceful shutdown is not held up.
     stop: CancellationToken,
     /// Opens owners in `AccountOpened` envelopes, as the audit log does.

@@ -8,7 +8,16 @@
 //! after its transaction commits, so what this module knows is never ahead of what a
 //! query can read. Every (re)connection of the listener reloads the positions from the
 //! tables, so a notification lost while disconnected costs nothing but a reload.
+//!
+//! A streaming replica (`QUERY_API_READER_DATABASE_URL` naming a hot standby) receives
+//! no notifications and refuses `LISTEN`. There, [`follow_replica`] reads the replica's
+//! own positions instead, but only while someone needs them: every 2 ms while a request
+//! waits for `min_position`, every 100 ms while a live tail is open, and not at all
+//! otherwise. The positions are the replica's, so a wait ends only once the replica has
+//! replayed what it waited for, and an idle query API issues no statement.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -17,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sqlx::postgres::PgListener;
 use sqlx::{PgExecutor, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -112,10 +121,67 @@ impl Positions {
     }
 }
 
-/// The process's view of the positions; cheap to clone. Fed by [`run_listener`].
+/// The process's view of the positions; cheap to clone. Fed by [`run_listener`], or on
+/// a replica by [`follow_replica`].
 #[derive(Debug, Clone)]
 pub struct Progress {
     sender: watch::Sender<Positions>,
+    demand: Arc<Demand>,
+}
+
+/// How often [`follow_replica`] reads the replica's positions while a request waits for
+/// `min_position`: the most it adds to such a wait, at one index lookup per interval
+/// however many requests wait.
+pub const REPLICA_POLL_WHILE_WAITED: Duration = Duration::from_millis(2);
+
+/// How often [`follow_replica`] reads the replica's positions while only live tails are
+/// open: a tail's reader sees new events this much later than on the primary.
+pub const REPLICA_POLL_WHILE_TAILED: Duration = Duration::from_millis(100);
+
+/// Who is waiting for progress right now, so that [`follow_replica`] reads the replica
+/// only while somebody is.
+#[derive(Debug, Default)]
+struct Demand {
+    waiters: AtomicUsize,
+    tails: AtomicUsize,
+    /// Woken when the first waiter or tail arrives.
+    wake: Notify,
+}
+
+impl Demand {
+    /// How often to read the positions now; `None` when nobody needs them.
+    fn interval(&self) -> Option<Duration> {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            Some(REPLICA_POLL_WHILE_WAITED)
+        } else if self.tails.load(Ordering::Acquire) > 0 {
+            Some(REPLICA_POLL_WHILE_TAILED)
+        } else {
+            None
+        }
+    }
+}
+
+/// Counts a waiter or a live tail as demand for as long as it is held.
+#[derive(Debug)]
+pub struct DemandGuard {
+    demand: Arc<Demand>,
+    tail: bool,
+}
+
+impl DemandGuard {
+    fn counter(&self) -> &AtomicUsize {
+        if self.tail {
+            &self.demand.tails
+        } else {
+            &self.demand.waiters
+        }
+    }
+}
+
+impl Drop for DemandGuard {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for Progress {
@@ -128,7 +194,25 @@ impl Progress {
     pub fn new() -> Self {
         Self {
             sender: watch::Sender::new(Positions::default()),
+            demand: Arc::default(),
         }
+    }
+
+    fn demand(&self, tail: bool) -> DemandGuard {
+        let guard = DemandGuard {
+            demand: Arc::clone(&self.demand),
+            tail,
+        };
+        guard.counter().fetch_add(1, Ordering::AcqRel);
+        // A stored permit if the follower is busy: it reads again before it sleeps.
+        self.demand.wake.notify_one();
+        guard
+    }
+
+    /// Marks a live tail as open until the guard drops, so that on a replica the
+    /// positions keep being read for it ([`REPLICA_POLL_WHILE_TAILED`]).
+    pub fn tail_demand(&self) -> DemandGuard {
+        self.demand(true)
     }
 
     pub fn current(&self) -> Positions {
@@ -163,6 +247,10 @@ impl Progress {
     /// Waits until `source` is known to be at `min_position` or later, or `deadline`
     /// passes; true if it got there.
     pub async fn wait_until(&self, source: Source, min_position: i64, deadline: Instant) -> bool {
+        if self.current().get(source) >= min_position {
+            return true;
+        }
+        let _waiting = self.demand(false);
         let mut receiver = self.sender.subscribe();
         let reached = receiver.wait_for(|positions| positions.get(source) >= min_position);
         matches!(tokio::time::timeout_at(deadline, reached).await, Ok(Ok(_)))
@@ -228,6 +316,31 @@ pub async fn run_listener(progress: Progress, pool: PgPool, stop: CancellationTo
     }
 }
 
+/// On a replica, instead of [`run_listener`]: reads the replica's positions
+/// ([`Progress::reload`]) while a request waits or a live tail is open, and sleeps
+/// otherwise, until `stop`. `pool` is the reader pool on the replica.
+pub async fn follow_replica(progress: Progress, pool: PgPool, stop: CancellationToken) {
+    loop {
+        let Some(interval) = progress.demand.interval() else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = progress.demand.wake.notified() => continue,
+            }
+        };
+        let pause = match progress.reload(&pool).await {
+            Ok(()) => interval,
+            Err(error) => {
+                tracing::warn!(error = %event_store::error_chain(&error), "could not read the replica's positions");
+                LISTENER_RETRY_DELAY
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// One connection's life: LISTEN first, then reload, so nothing committed in between
 /// is missed; returns when the connection is lost.
 async fn listen_once(progress: &Progress, pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -287,5 +400,37 @@ mod tests {
         progress.apply(PROJECTED_CHANNEL, "accounts:many");
         progress.apply(PROJECTED_CHANNEL, "unknown:5");
         assert_eq!(progress.current(), Positions::default());
+    }
+
+    #[tokio::test]
+    async fn demand_lasts_exactly_as_long_as_a_wait_or_a_tail() {
+        let progress = Progress::new();
+        assert_eq!(progress.demand.interval(), None, "nobody waits at first");
+        let tail = progress.tail_demand();
+        assert_eq!(progress.demand.interval(), Some(REPLICA_POLL_WHILE_TAILED));
+        let waiting = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                progress
+                    .wait_until(Source::Accounts, 5, Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        while progress.demand.interval() != Some(REPLICA_POLL_WHILE_WAITED) {
+            tokio::task::yield_now().await;
+        }
+        progress.apply(PROJECTED_CHANNEL, "accounts:5");
+        assert!(
+            waiting.await.expect("waiter"),
+            "the wait ends once the position is reached"
+        );
+        assert_eq!(progress.demand.interval(), Some(REPLICA_POLL_WHILE_TAILED));
+        drop(tail);
+        assert_eq!(progress.demand.interval(), None);
+        assert!(
+            progress.wait_until(Source::Accounts, 5, Instant::now()).await,
+            "a position already reached needs no demand"
+        );
+        assert_eq!(progress.demand.interval(), None);
     }
 }

@@ -64,7 +64,8 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 const DUPLICATE_DATABASE: &str = "42P04";
 
 /// Creates the database if missing, connects a pool (with the [`session_settings`]) and
-/// applies the migrations.
+/// applies the migrations. A standby is refused ([`StartupError::Standby`]) before any
+/// migration, with a message that says what to do instead of PostgreSQL's own.
 /// Migrations take an advisory lock, so processes starting together do not collide.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
     let exists = Postgres::database_exists(url)
@@ -83,6 +84,17 @@ pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPo
         .connect_with(connect_options(url).map_err(StartupError::Database)?)
         .await
         .map_err(StartupError::Database)?;
+    if is_standby(&pool).await.map_err(StartupError::Database)? {
+        return Err(StartupError::Standby);
+    }
     event_store::MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// Whether the server is a hot standby (in recovery, following a primary): it serves
+/// reads but refuses every write, `LISTEN` included.
+pub async fn is_standby<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(executor)
+        .await
 }

@@ -33,6 +33,12 @@ pub enum StartupError {
     Database(#[source] sqlx::Error),
     #[error("could not apply the migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `DATABASE_URL` names a hot standby, where nothing can be written or migrated.
+    #[error(
+        "DATABASE_URL names a read-only standby (a streaming replica): it must name the primary; \
+         only the query API reads a replica, through QUERY_API_READER_DATABASE_URL"
+    )]
+    Standby,
     #[error("could not set up the NATS connection")]
     Nats(#[from] async_nats::ConnectError),
     #[error("could not listen on {address}")]

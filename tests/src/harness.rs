@@ -246,7 +246,15 @@ impl System {
     pub async fn start_with_nats(binaries: &[Binary], nats_url: &str) -> anyhow::Result<Self> {
         let server = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        Self::start_on(binaries, nats_url, &server).await
+    }
+
+    /// [`System::start_with_nats`] with the database on the PostgreSQL server at
+    /// `server_url` (any database of it; the test's own is created beside it): a private
+    /// one ([`crate::pg_replica::PgReplicated`]) for a test of replication.
+    pub async fn start_on(binaries: &[Binary], nats_url: &str, server_url: &str) -> anyhow::Result<Self> {
+        let server = server_url;
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
         let id = Uuid::now_v7().simple().to_string();
         let database_url = format!("{base}/eventledger_e2e_{id}");
         let mut system = Self {
@@ -370,9 +378,27 @@ impl System {
         arguments: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<std::process::Output> {
+        self.run_configured(binary, arguments, &[], timeout).await
+    }
+
+    /// [`System::run_to_completion`] with `settings` added to (or replacing) the
+    /// system's environment: to see a process refuse a setting at start, say.
+    pub async fn run_configured(
+        &self,
+        binary: Binary,
+        arguments: &[&str],
+        settings: &[(&str, &str)],
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut environment = self.environment();
+        environment.extend(
+            settings
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
         let output = Command::new(binary_path(binary)?)
             .args(arguments)
-            .envs(self.environment())
+            .envs(environment)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();

@@ -8,6 +8,7 @@
 //!   per test, for end-to-end tests that stop, kill and restart them.
 //! - [`nats_server`]: a private NATS server for tests that stop and restart NATS, which
 //!   the shared one must never be.
+//! - [`pg_replica`]: a private PostgreSQL primary with a streaming replica.
 //! - [`seed`]: a large valid log COPYed straight into a throwaway database.
 //! - [`profile`]: CPU time per process and for PostgreSQL, and PostgreSQL's own
 //!   statement statistics, for benchmarks on the profiled PostgreSQL.
@@ -20,5 +21,6 @@ pub mod bench;
 pub mod harness;
 pub mod nats_cluster;
 pub mod nats_server;
+pub mod pg_replica;
 pub mod profile;
 pub mod seed;
