@@ -12,27 +12,13 @@
 # extensions, so its figures compare with the shared instance's.
 set -euo pipefail
 
-as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-bin_dir() {
-  local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-  [ -n "$bin" ] || { echo "pg-profiled: PostgreSQL is not installed (scripts/services.sh installs it)" >&2; exit 1; }
-  echo "$bin"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/pg-private.sh"
 
 start() {
   local dir=$1 bin port
-  bin=$(bin_dir)
+  bin=$(pg_bin_dir)
   port=$(free_port)
-  mkdir -p "$dir"
-  if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$dir" postgres
-    chown postgres "$dir"
-    chmod o+x "$(dirname "$dir")"
-  fi
+  pg_data_parent "$dir"
   as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
   as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w start -o "\
     -c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=/tmp -c max_connections=300 \
@@ -47,7 +33,7 @@ start() {
 
 stop() {
   local dir=$1 bin
-  bin=$(bin_dir)
+  bin=$(pg_bin_dir)
   if [ -f "$dir/data/postmaster.pid" ]; then
     as_postgres "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
   fi

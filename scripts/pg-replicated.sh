@@ -19,16 +19,7 @@
 # deployment runs (CloudNativePG, Patroni), minus the automatic fail-over.
 set -euo pipefail
 
-as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-bin_dir() {
-  local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-  [ -n "$bin" ] || { echo "pg-replicated: PostgreSQL is not installed (scripts/services.sh installs it)" >&2; exit 1; }
-  echo "$bin"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/pg-private.sh"
 
 # The same settings on both servers: loopback only, sockets in /tmp, and room for the
 # connections of several processes and a test's own.
@@ -43,7 +34,7 @@ start_server() {
 
 start() {
   local dir=$1 bin primary_port replica_port
-  bin=$(bin_dir)
+  bin=$(pg_bin_dir)
   if [ -d "$dir/replica" ]; then
     primary_port=$(cat "$dir/primary.port")
     replica_port=$(cat "$dir/replica.port")
@@ -54,12 +45,7 @@ start() {
   fi
   primary_port=${PRIMARY_PORT:-$(free_port)}
   replica_port=${REPLICA_PORT:-$(free_port)}
-  mkdir -p "$dir"
-  if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$dir" postgres
-    chown postgres "$dir"
-    chmod o+x "$(dirname "$dir")"
-  fi
+  pg_data_parent "$dir"
   # initdb's trust authentication covers replication connections from loopback too.
   as_postgres "$bin/initdb" -D "$dir/primary" -U postgres --auth=trust >/dev/null
   echo "$primary_port" > "$dir/primary.port"
@@ -80,7 +66,7 @@ stop_server() {
 
 halt() {
   local dir=$1 bin
-  bin=$(bin_dir)
+  bin=$(pg_bin_dir)
   stop_server "$bin" "$dir/replica" fast
   stop_server "$bin" "$dir/primary" fast
 }
@@ -94,8 +80,8 @@ case "${1:-}" in
   start) start "${2:?usage: $0 start DIR}" ;;
   halt) halt "${2:?usage: $0 halt DIR}" ;;
   stop) stop "${2:?usage: $0 stop DIR}" ;;
-  stop-replica) stop_server "$(bin_dir)" "${2:?usage: $0 stop-replica DIR}/replica" immediate ;;
+  stop-replica) stop_server "$(pg_bin_dir)" "${2:?usage: $0 stop-replica DIR}/replica" immediate ;;
   start-replica)
-    start_server "$(bin_dir)" "${2:?usage: $0 start-replica DIR}/replica" "$(cat "$2/replica.port")" ;;
+    start_server "$(pg_bin_dir)" "${2:?usage: $0 start-replica DIR}/replica" "$(cat "$2/replica.port")" ;;
   *) echo "usage: $0 start|halt|stop|stop-replica|start-replica DIR" >&2; exit 2 ;;
 esac

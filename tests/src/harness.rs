@@ -74,6 +74,20 @@ pub fn binary_path(binary: Binary) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to `pid` with kill(1): the crate forbids the
+/// unsafe code a libc call needs.
+pub async fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let sent = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    if !sent.success() {
+        bail!("could not send {signal} to process {pid}");
+    }
+    Ok(())
+}
+
 fn free_address() -> anyhow::Result<String> {
     // The port is released before the process binds it; another process could take it
     // in between, which on a test machine is rare enough to accept.
@@ -174,14 +188,9 @@ impl Process {
         let Some(pid) = child.id() else {
             return Ok(child.wait().await?.success());
         };
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        if !sent.success() {
-            bail!("could not send SIGTERM to {}", self.binary.name());
-        }
+        send_signal(pid, "-TERM")
+            .await
+            .with_context(|| format!("stopping {}", self.binary.name()))?;
         let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
             .await
             .with_context(|| format!("{} did not stop after SIGTERM", self.binary.name()))??;
@@ -203,15 +212,9 @@ impl Process {
         let pid = self
             .pid()
             .with_context(|| format!("{} is not running", self.binary.name()))?;
-        let sent = Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        if !sent.success() {
-            bail!("could not send {signal} to {}", self.binary.name());
-        }
-        Ok(())
+        send_signal(pid, signal)
+            .await
+            .with_context(|| format!("signalling {}", self.binary.name()))
     }
 
     /// Starts the process again with the same settings and waits until it is ready.

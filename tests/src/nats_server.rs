@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::harness::send_signal;
+
 /// The server binary: `NATS_SERVER_BIN` if set, else where the Debian package puts it.
 pub const DEFAULT_BINARY: &str = "/usr/sbin/nats-server";
 
@@ -158,7 +160,7 @@ impl NatsServer {
             .as_ref()
             .and_then(Child::id)
             .context("nats-server is not running")?;
-        signal(pid, "-STOP").await
+        send_signal(pid, "-STOP").await
     }
 
     /// SIGTERM, and waits for the exit: the server shuts down cleanly.
@@ -170,7 +172,7 @@ impl NatsServer {
             child.wait().await?;
             return Ok(());
         };
-        signal(pid, "-TERM").await?;
+        send_signal(pid, "-TERM").await?;
         tokio::time::timeout(STOP_TIMEOUT, child.wait())
             .await
             .context("nats-server did not stop after SIGTERM")??;
@@ -191,19 +193,6 @@ impl NatsServer {
         self.kill_hard().await?;
         self.spawn().await
     }
-}
-
-/// Sends a signal with kill(1): the crate forbids the unsafe code a libc call needs.
-async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let sent = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .await?;
-    if !sent.success() {
-        bail!("could not send {signal} to nats-server {pid}");
-    }
-    Ok(())
 }
 
 impl Drop for NatsServer {
