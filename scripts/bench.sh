@@ -16,10 +16,12 @@
 #
 # and puts the goals table into README.md between the loadgen markers.
 #
-#   scripts/bench.sh            the full run: about 35 minutes on 2 cores (plus the first
-#                               build of the peer), 10 s per scenario, 10M events
-#   scripts/bench.sh --quick    every row, small (3 s per scenario, 20,000 events, about
-#                               5 minutes): proves the run works; README left alone
+#   scripts/bench.sh            the full run: about 30 minutes on 2 cores (plus the first
+#                               build of the peer), 10 s per scenario, 10M events; the
+#                               profiled PostgreSQL needs about 30 GB free under $TMPDIR
+#   scripts/bench.sh --quick    every row, small (3 s per scenario, 20,000 events, under
+#                               two minutes once built): proves the run works; README
+#                               left alone
 #
 # A benchmark that fails is reported as such and the others still run. PEER_DIR names the
 # peers folder; PROFILED_DATABASE_URL a profiled PostgreSQL started already.

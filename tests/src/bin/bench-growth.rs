@@ -387,6 +387,53 @@ async fn copy_in(connection: &mut PgConnection, statement: &str, text: &[u8]) ->
     Ok(())
 }
 
+/// One table of the statements that took the most time with the largest log, each
+/// beside its figures with every smaller log: mean time, rows and shared buffers per
+/// call. A statement that stays an index lookup keeps its buffers per call (B-tree
+/// levels and rows) as the log grows tenfold; a scan's would grow with it.
+fn statements_across_sizes(runs: &[SizeRun], top: usize) -> String {
+    let profiled: Vec<(usize, &Cost)> = runs
+        .iter()
+        .filter_map(|run| run.cost.as_ref().map(|cost| (run.events, cost)))
+        .collect();
+    let Some((_, largest)) = profiled.last() else {
+        return String::new();
+    };
+    let sizes = profiled
+        .iter()
+        .map(|(events, _)| events.to_string())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let mut out = format!(
+        "\n#### Statements during the deposits, by total time with the largest log (top {top}); \
+         each cell: events stored {sizes}\n\n\
+         | statement | calls | mean ms | rows/call | shared blocks/call |\n|---|---:|---:|---:|---:|\n"
+    );
+    for statement in largest.statements.iter().take(top) {
+        let cells = |figure: &dyn Fn(&tests::profile::StatementCost) -> String| {
+            profiled
+                .iter()
+                .map(|(_, cost)| {
+                    cost.statements
+                        .iter()
+                        .find(|other| other.query == statement.query)
+                        .map_or("–".to_owned(), figure)
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            statement.query.replace('|', "\\|"),
+            cells(&|s| s.calls.to_string()),
+            cells(&|s| format!("{:.3}", s.mean_ms())),
+            cells(&|s| format!("{:.2}", s.rows_per_call())),
+            cells(&|s| format!("{:.1}", s.blocks_per_call())),
+        ));
+    }
+    out
+}
+
 /// The Markdown report and its JSON twin.
 fn report(args: &Args, runs: &[SizeRun]) -> (String, Value) {
     let base = runs.first().map_or(0.0, |run| run.deposits.per_second);
@@ -438,24 +485,7 @@ fn report(args: &Args, runs: &[SizeRun]) -> (String, Value) {
             }),
         }));
     }
-    for run in runs {
-        let Some(cost) = &run.cost else { continue };
-        out.push_str(&format!(
-            "\n#### Statements with {} events stored (top {} by total time)\n\n\
-             | statement | calls | mean ms | rows/call | shared blocks/call |\n|---|---:|---:|---:|---:|\n",
-            run.events, args.top_statements
-        ));
-        for statement in cost.statements.iter().take(args.top_statements) {
-            out.push_str(&format!(
-                "| `{}` | {} | {:.3} | {:.2} | {:.1} |\n",
-                statement.query.replace('|', "\\|"),
-                statement.calls,
-                statement.mean_ms(),
-                statement.rows_per_call(),
-                statement.blocks_per_call()
-            ));
-        }
-    }
+    out.push_str(&statements_across_sizes(runs, args.top_statements));
     let rebuild_json = runs
         .iter()
         .find_map(|run| run.rebuild.as_ref().map(|rebuild| (run.events, rebuild)));
@@ -465,13 +495,14 @@ fn report(args: &Args, runs: &[SizeRun]) -> (String, Value) {
             let reference_rate = rebuild.events as f64 / rebuild.reference_seconds.max(f64::EPSILON);
             let lag = &rebuild.load.lag;
             out.push_str(&format!(
-                "\n#### `projector rebuild --all` of {stored} events under load\n\n\
+                "\n#### `projector rebuild --all` of the log of {stored} seeded events ({} by then) under load\n\n\
                  | measurement | seconds | log events/s | peak RSS MiB | p50 ms | p99 ms | max ms |\n\
                  |---|---:|---:|---:|---:|---:|---:|\n\
                  | `projector rebuild --all`{} | {:.1} | {rate:.0} | {:.0} | | | |\n\
                  | reference at rest: COPY of the {} read-model rows into bare tables + the same indexes | {:.1} | {reference_rate:.0} | | | | |\n\
                  | deposits offered meanwhile at {:.0}/s, answered {:.0}/s ({} not sent: too many in flight) | | | | {:.2} | {:.2} | {:.2} |\n\
                  | live visibility lag meanwhile (1 deposit in {}; {} not visible in time) | | | | {:.2} | {:.2} | {:.2} |\n",
+                rebuild.events,
                 if rebuild.succeeded { "" } else { " (FAILED)" },
                 rebuild.seconds,
                 rebuild.peak_rss_kib as f64 / 1024.0,
