@@ -5,6 +5,7 @@
 //! the machine can do.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +15,45 @@ use hdrhistogram::Histogram;
 use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// The PostgreSQL server a benchmark binary works on, as every one of them takes it:
+/// `#[command(flatten)]` it into the binary's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchDatabaseArgs {
+    /// PostgreSQL server URL; the benchmark creates throwaway databases beside the one
+    /// named and drops them afterwards.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+}
+
+/// Declares mimalloc as the binary's allocator, as the services do (see the workspace
+/// `Cargo.toml`): a benchmark's client then costs the shared cores what a service's
+/// code would, not glibc's `malloc`. Call once at the top of a benchmark binary.
+#[macro_export]
+macro_rules! bench_allocator {
+    () => {
+        /// mimalloc rather than the system allocator: see `tests::bench_allocator!`.
+        #[global_allocator]
+        static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+    };
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its directory: the machine-readable
+/// half of a benchmark's report, which `bench-report` reads back.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(directory) = path
+        .parent()
+        .filter(|directory| !directory.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(directory)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
 
 /// A database created for one benchmark run and dropped by [`BenchDatabase::drop_now`].
 pub struct BenchDatabase {

@@ -249,13 +249,14 @@ impl System {
     pub async fn start_with_nats(binaries: &[Binary], nats_url: &str) -> anyhow::Result<Self> {
         let server = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        Self::start_on(binaries, nats_url, &server).await
+        Self::start_on(binaries, &server, nats_url).await
     }
 
-    /// [`System::start_with_nats`] with the database on the PostgreSQL server at
-    /// `server_url` (any database of it; the test's own is created beside it): a private
-    /// one ([`crate::pg_replica::PgReplicated`]) for a test of replication.
-    pub async fn start_on(binaries: &[Binary], nats_url: &str, server_url: &str) -> anyhow::Result<Self> {
+    /// [`System::start`] with its database on the PostgreSQL server of `server_url` (a
+    /// private one such as [`crate::pg_replica::PgReplicated`]'s primary, say) and NATS
+    /// at `nats_url`. With no `binaries` nothing runs yet and the database does not
+    /// exist: a benchmark creates and fills it, then [`System::add`]s the processes.
+    pub async fn start_on(binaries: &[Binary], server_url: &str, nats_url: &str) -> anyhow::Result<Self> {
         let server = server_url;
         let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
         let id = Uuid::now_v7().simple().to_string();
@@ -414,6 +415,18 @@ impl System {
                 )
             })?
             .with_context(|| format!("running {} {arguments:?}", binary.name()))
+    }
+
+    /// `binary` with `arguments` and this system's environment, to spawn: for a run the
+    /// caller watches while it goes (its memory, say) rather than only awaits.
+    pub fn command(&self, binary: Binary, arguments: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(binary_path(binary)?);
+        command
+            .args(arguments)
+            .envs(self.environment())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        Ok(command)
     }
 
     /// A token for `subject` with `roles`, valid for an hour, that every process accepts.

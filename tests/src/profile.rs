@@ -108,6 +108,29 @@ pub struct StatementCost {
     /// Functions JIT-compiled over every call: above 0 means PostgreSQL compiled this
     /// statement at least once.
     pub jit_functions: i64,
+    /// Shared buffers found in the cache, over every call.
+    pub shared_blks_hit: i64,
+    /// Shared buffers read from outside the cache, over every call.
+    pub shared_blks_read: i64,
+}
+
+impl StatementCost {
+    /// Mean execution time per call, in milliseconds.
+    pub fn mean_ms(&self) -> f64 {
+        self.total_ms / self.calls.max(1) as f64
+    }
+
+    /// Rows returned or affected per call.
+    pub fn rows_per_call(&self) -> f64 {
+        self.rows as f64 / self.calls.max(1) as f64
+    }
+
+    /// Shared buffers touched (hit or read) per call: an index lookup touches a handful
+    /// whatever the table's size (one per level of the B-tree and one per row), a scan
+    /// as many as the table has pages.
+    pub fn blocks_per_call(&self) -> f64 {
+        (self.shared_blks_hit + self.shared_blks_read) as f64 / self.calls.max(1) as f64
+    }
 }
 
 /// Empties `pg_stat_statements`, so what follows counts only what comes after.
@@ -124,7 +147,9 @@ pub async fn statements(pool: &PgPool, database: &str) -> anyhow::Result<Vec<Sta
     Ok(sqlx::query_as(
         "SELECT left(regexp_replace(s.query, '\\s+', ' ', 'g'), 120) AS query, \
                 sum(s.calls)::int8 AS calls, sum(s.total_exec_time)::float8 AS total_ms, \
-                sum(s.rows)::int8 AS rows, sum(s.jit_functions)::int8 AS jit_functions \
+                sum(s.rows)::int8 AS rows, sum(s.jit_functions)::int8 AS jit_functions, \
+                sum(s.shared_blks_hit)::int8 AS shared_blks_hit, \
+                sum(s.shared_blks_read)::int8 AS shared_blks_read \
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
          WHERE d.datname = $1 \
          GROUP BY 1 ORDER BY total_ms DESC",
@@ -271,4 +296,38 @@ pub async fn measure_idle(
     let before = CpuSnapshot::take(system, cluster);
     tokio::time::sleep(duration).await;
     Cost::since(&before, system, cluster, pool).await
+}
+
+/// The profiled PostgreSQL of a system this run started, and the system's processes.
+pub struct Profiler<'a> {
+    system: &'a System,
+    pub pool: sqlx::PgPool,
+    cluster: PostgresCluster,
+}
+
+impl<'a> Profiler<'a> {
+    /// Connects to the profiled PostgreSQL at `database_url` and empties its statement
+    /// statistics.
+    pub async fn connect(system: &'a System, database_url: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        let cluster = PostgresCluster::locate(&pool).await?;
+        reset_statements(&pool).await?;
+        Ok(Self {
+            system,
+            pool,
+            cluster,
+        })
+    }
+
+    /// Empties the statement statistics and takes the CPU times: the start of a measured
+    /// stretch.
+    pub async fn start(&self) -> anyhow::Result<CpuSnapshot> {
+        reset_statements(&self.pool).await?;
+        Ok(CpuSnapshot::take(self.system, &self.cluster))
+    }
+
+    /// What the stretch since `before` cost.
+    pub async fn finish(&self, before: &CpuSnapshot) -> anyhow::Result<Cost> {
+        Cost::since(before, self.system, &self.cluster, &self.pool).await
+    }
 }

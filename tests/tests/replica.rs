@@ -118,7 +118,7 @@ async fn replica_transactions(replica: &PgPool) -> i64 {
 async fn the_query_api_on_a_replica_answers_min_position_only_once_the_replica_has_it() {
     let pair = PgReplicated::start().await.expect("primary and replica");
     let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let mut system = System::start_on(&[Binary::CommandApi, Binary::Projector], &nats, &pair.primary_url)
+    let mut system = System::start_on(&[Binary::CommandApi, Binary::Projector], &pair.primary_url, &nats)
         .await
         .expect("system");
     let database = system

@@ -10,22 +10,15 @@ use std::time::Duration;
 use clap::Parser;
 use event_store::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use serde_json::json;
-use tests::bench::{BenchDatabase, machine, plain_insert_commit_rate, rate};
+use tests::bench::{BenchDatabase, BenchDatabaseArgs, machine, plain_insert_commit_rate, rate};
 use uuid::Uuid;
 
-/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+tests::bench_allocator!();
 
 #[derive(Parser)]
 struct Args {
-    /// Server URL; a throwaway database is created beside the one named and dropped after.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: BenchDatabaseArgs,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -54,7 +47,7 @@ fn events(count: usize) -> Vec<NewEvent> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds);
-    let database = BenchDatabase::create(&args.database_url, 20).await?;
+    let database = BenchDatabase::create(&args.database.database_url, 20).await?;
     let store = EventStore::new(database.pool.clone());
 
     println!("Machine: {}", machine());

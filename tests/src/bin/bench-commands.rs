@@ -20,24 +20,17 @@ use clap::Parser;
 use serde_json::json;
 use service::auth::{Role, mint_hs256};
 use tests::bench::{
-    BenchDatabase, BenchNats, LatencyRun, SERVICE_START_LIMIT, free_port, jetstream_publish_rate, machine,
-    plain_insert_commit_rate, rate_with_latency, wait_for_port,
+    BenchDatabase, BenchDatabaseArgs, BenchNats, LatencyRun, SERVICE_START_LIMIT, free_port,
+    jetstream_publish_rate, machine, plain_insert_commit_rate, rate_with_latency, wait_for_port,
 };
 use uuid::Uuid;
 
-/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+tests::bench_allocator!();
 
 #[derive(Parser)]
 struct Args {
-    /// Server URL; a throwaway database is created beside the one named and dropped after.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: BenchDatabaseArgs,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -61,6 +54,9 @@ struct Args {
     /// token for it.
     #[arg(long, env = "BENCH_TOKEN")]
     token: Option<String>,
+    /// Also write the figures as JSON here (`scripts/bench.sh` reads them for the goals).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// How long the minted token lives: longer than any run of this benchmark.
@@ -226,6 +222,18 @@ async fn relay_lag(database: &BenchDatabase) -> anyhow::Result<i64> {
     Ok(lag.unwrap_or(0))
 }
 
+/// A deposit run's figures as JSON, with the relay's lag at its end.
+fn run_json(run: &LatencyRun, relay_lag: i64) -> serde_json::Value {
+    json!({
+        "per_second": run.per_second,
+        "failures": run.failures,
+        "p50_ms": run.millis(0.5),
+        "p99_ms": run.millis(0.99),
+        "p999_ms": run.millis(0.999),
+        "relay_lag_events": relay_lag,
+    })
+}
+
 fn row(measurement: &str, connections: usize, per_second: f64, run: Option<&LatencyRun>) {
     match run {
         Some(run) => println!(
@@ -257,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
         command_api.display()
     );
 
-    let database = BenchDatabase::create(&args.database_url, 16).await?;
+    let database = BenchDatabase::create(&args.database.database_url, 16).await?;
     let nats = BenchNats::start(&args.nats_server)?;
     let nats_client = async_nats::connect(&nats.url).await?;
 
@@ -265,9 +273,11 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| measurement | connections | per second | p50 ms | p99 ms | p99.9 ms | failures |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut report = serde_json::Map::new();
     for connections in [1, 16] {
         let commits = plain_insert_commit_rate(&database.pool, connections, duration).await?;
         row("PostgreSQL single-row INSERT commits", connections, commits, None);
+        report.insert(format!("postgres_commits_{connections}"), json!(commits));
     }
     for in_flight in [1, RELAY_IN_FLIGHT] {
         let published = jetstream_publish_rate(&nats_client, in_flight, duration).await?;
@@ -276,6 +286,10 @@ async fn main() -> anyhow::Result<()> {
             1,
             published,
             None,
+        );
+        report.insert(
+            format!("jetstream_publishes_{in_flight}_in_flight"),
+            json!(published),
         );
     }
 
@@ -327,6 +341,14 @@ async fn main() -> anyhow::Result<()> {
         Some(&hot),
     );
 
+    report.insert("accounts".into(), json!(args.accounts));
+    report.insert("connections".into(), json!(args.connections));
+    report.insert("open_accounts_per_second".into(), json!(opened_per_second));
+    report.insert("deposits_many".into(), run_json(&many, many_lag));
+    report.insert("deposits_hot".into(), run_json(&hot, hot_lag));
+    if let Some(path) = &args.json {
+        tests::bench::write_json(path, &serde_json::Value::Object(report))?;
+    }
     println!();
     println!(
         "Relay lag (events committed but not yet acknowledged by JetStream) at the end of each \

@@ -14,22 +14,15 @@
 use clap::Parser;
 use projector::projection::Projection;
 use sqlx::PgPool;
-use tests::bench::{BenchDatabase, machine};
+use tests::bench::{BenchDatabase, BenchDatabaseArgs, machine};
 use tests::seed::{self, copy_in};
 
-/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+tests::bench_allocator!();
 
 #[derive(Parser)]
 struct Args {
-    /// Server URL; a throwaway database is created beside the one named and dropped after.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: BenchDatabaseArgs,
     /// Events in the generated store.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
@@ -53,7 +46,7 @@ async fn copy_out(pool: &PgPool, table: &str) -> anyhow::Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let database = BenchDatabase::create(&args.database_url, 24).await?;
+    let database = BenchDatabase::create(&args.database.database_url, 24).await?;
     let outcome = run(&args, &database.pool).await;
     database.drop_now().await?;
     outcome

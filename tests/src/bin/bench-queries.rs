@@ -1,30 +1,33 @@
 //! Query API throughput and latency over real HTTP: `GET /accounts/{id}` over 100,000
 //! accounts with sealed owners, as fast as it answers and offered at a fixed rate
-//! (`--rate`, 20,000/s), and audit queries by actor and by correlation id over
-//! 1,000,000 events.
+//! (`--rate`, 20,000/s, or `--rate-fraction` of the rate it reached), and audit queries
+//! by actor and by correlation id over 1,000,000 events. Beside them, the same
+//! PostgreSQL's own read rate: `pgbench -S` (one primary-key SELECT per transaction)
+//! with 16 clients on a scratch database, the yardstick of the query API's goal.
 //! The query API runs in this process, as the read-only role, against a throwaway
 //! database; requests go through the loopback interface. Prints a Markdown table.
 //!
 //! `cargo run --release -p tests --bin bench-queries -- --seconds 10`
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use reqwest::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
 use service::auth::{Authenticator, Role, mint_hs256};
-use tests::bench::{BenchDatabase, machine};
+use sqlx::Postgres;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgConnectOptions;
+use tests::bench::{BenchDatabase, BenchDatabaseArgs, machine};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// mimalloc rather than the system allocator: see the workspace `Cargo.toml`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Accounts in the read model (the goal in the README's "Query API").
-const ACCOUNTS: i64 = 100_000;
+tests::bench_allocator!();
 
 /// Events in the log (likewise).
 const EVENTS: i64 = 1_000_000;
@@ -48,13 +51,8 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 
 #[derive(Parser)]
 struct Args {
-    /// Server URL; a throwaway database is created beside the one named and dropped after.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: BenchDatabaseArgs,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -87,6 +85,28 @@ struct Args {
     /// working on that path. The published figures are of a full run.
     #[arg(long)]
     accounts_only: bool,
+    /// Accounts in the read model (the goal in the README's "Query API": 100,000).
+    #[arg(long, default_value_t = 100_000)]
+    accounts: i64,
+    /// Offer `GET /accounts/{id}` at this fraction of the rate the closed loop reached,
+    /// instead of `--rate`: the goal's "p99 at 0.8 × that rate".
+    #[arg(long)]
+    rate_fraction: Option<f64>,
+    /// The `pgbench` binary for PostgreSQL's own read rate (`pgbench -S`).
+    #[arg(long, env = "PGBENCH", default_value = "/usr/lib/postgresql/15/bin/pgbench")]
+    pgbench: PathBuf,
+    /// `pgbench -i` scale of the scratch database (100,000 rows each).
+    #[arg(long, default_value_t = 10)]
+    pgbench_scale: u32,
+    /// `pgbench -S` clients.
+    #[arg(long, default_value_t = 16)]
+    pgbench_clients: u32,
+    /// Skip `pgbench -S`.
+    #[arg(long)]
+    no_pgbench: bool,
+    /// Also write the figures as JSON here (`scripts/bench.sh` reads them for the goals).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -288,6 +308,85 @@ async fn measure(
     })
 }
 
+/// One measurement's figures as JSON.
+fn measured_json(measured: &Measured) -> Value {
+    let ms = |quantile: f64| measured.histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    json!({
+        "per_second": measured.requests_per_second,
+        "failures": measured.failures,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": measured.histogram.max() as f64 / 1000.0,
+    })
+}
+
+/// PostgreSQL's own read rate on the server of `server_url`: `pgbench -S` (one
+/// primary-key SELECT per transaction) from `clients` clients for `seconds`, on a
+/// scratch database initialised with `pgbench -i -s scale` and dropped after.
+/// Returns transactions per second.
+async fn pgbench_select_rate(
+    pgbench: &Path,
+    server_url: &str,
+    scale: u32,
+    clients: u32,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let options: PgConnectOptions = server_url.parse()?;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
+    let name = format!("eventledger_pgbench_{}", std::process::id());
+    let url = format!("{base}/{name}");
+    if Postgres::database_exists(&url).await? {
+        Postgres::force_drop_database(&url).await?;
+    }
+    Postgres::create_database(&url).await?;
+    let connection = [
+        "-h".to_owned(),
+        options.get_host().to_owned(),
+        "-p".to_owned(),
+        options.get_port().to_string(),
+        "-U".to_owned(),
+        options.get_username().to_owned(),
+    ];
+    let run = async {
+        let init = tokio::process::Command::new(pgbench)
+            .args(["-i", "-q", "-s", &scale.to_string()])
+            .args(&connection)
+            .arg(&name)
+            .output()
+            .await
+            .with_context(|| format!("running {}", pgbench.display()))?;
+        anyhow::ensure!(
+            init.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let threads = clients.min(std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        let output = tokio::process::Command::new(pgbench)
+            .args(["-S", "-n", "-c", &clients.to_string(), "-j", &threads.to_string()])
+            .args(["-T", &seconds.to_string()])
+            .args(&connection)
+            .arg(&name)
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "pgbench -S failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|tps| tps.parse::<f64>().ok())
+            .with_context(|| format!("no `tps = ` line in pgbench's output: {stdout}"))
+    }
+    .await;
+    Postgres::force_drop_database(&url).await?;
+    run
+}
+
 fn row(name: &str, connections: usize, measured: &Measured) {
     let ms = |quantile: f64| measured.histogram.value_at_quantile(quantile) as f64 / 1000.0;
     println!(
@@ -301,7 +400,7 @@ fn row(name: &str, connections: usize, measured: &Measured) {
     );
 }
 
-async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>> {
+async fn seed(database: &BenchDatabase, accounts: i64, events: i64) -> anyhow::Result<Vec<Uuid>> {
     let started = Instant::now();
     sqlx::query(
         "INSERT INTO read_model.accounts (account_id, owner_name, owner_email, currency, balance, \
@@ -310,7 +409,7 @@ async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>
                 CASE WHEN g % 3 = 0 THEN 'USD' ELSE 'EUR' END, g * 10, 0, 'open', 2, now(), now(), g \
          FROM generate_series(1, $1) AS g",
     )
-    .bind(ACCOUNTS)
+    .bind(accounts)
     .execute(&database.pool)
     .await?;
     let mut first = 1;
@@ -328,7 +427,7 @@ async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>
         )
         .bind(first)
         .bind(last)
-        .bind(ACCOUNTS)
+        .bind(accounts)
         .bind(ACTORS)
         .bind(EVENTS_PER_CORRELATION)
         .execute(&database.pool)
@@ -347,7 +446,7 @@ async fn seed(database: &BenchDatabase, events: i64) -> anyhow::Result<Vec<Uuid>
         .fetch_all(&database.pool)
         .await?;
     eprintln!(
-        "seeded {ACCOUNTS} accounts and {events} events in {:.1} s",
+        "seeded {accounts} accounts and {events} events in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(ids)
@@ -407,9 +506,9 @@ async fn settle(database: &BenchDatabase) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds);
-    let database = BenchDatabase::create(&args.database_url, 4).await?;
+    let database = BenchDatabase::create(&args.database.database_url, 4).await?;
     let events = if args.accounts_only { 0 } else { EVENTS };
-    let ids = Arc::new(seed(&database, events).await?);
+    let ids = Arc::new(seed(&database, args.accounts, events).await?);
     // The public development key: what it seals is as costly to open as under any other.
     let vault =
         event_store::pii::Vault::from_config(&event_store::pii::PiiConfig { pii_master_key: None }, true)?;
@@ -417,6 +516,29 @@ async fn main() -> anyhow::Result<()> {
         seal_owners(&database, &vault, &ids).await?;
     }
     settle(&database).await?;
+    // PostgreSQL's own rate first, before the query API's pools connect.
+    let pgbench_tps = if args.no_pgbench {
+        None
+    } else {
+        eprintln!("pgbench -S with {} clients", args.pgbench_clients);
+        Some(
+            pgbench_select_rate(
+                &args.pgbench,
+                &args.database.database_url,
+                args.pgbench_scale,
+                args.pgbench_clients,
+                args.seconds,
+            )
+            .await?,
+        )
+    };
+    let mut report = serde_json::Map::new();
+    report.insert("accounts".into(), json!(args.accounts));
+    report.insert("events".into(), json!(events));
+    report.insert("connections".into(), json!(args.connections));
+    report.insert("pgbench_select_tps".into(), json!(pgbench_tps));
+    report.insert("pgbench_clients".into(), json!(args.pgbench_clients));
+    report.insert("pgbench_scale".into(), json!(args.pgbench_scale));
 
     let reader = query_api::database::reader_options(&database.url, None)?;
     let nats = service::nats::connect("nats://127.0.0.1:4222", "bench-queries").await?;
@@ -452,7 +574,8 @@ async fn main() -> anyhow::Result<()> {
     println!("Machine: {}", machine());
     println!();
     println!(
-        "{ACCOUNTS} accounts in the read model, {events} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}; {} client; owners {}.",
+        "{} accounts in the read model, {events} events in the log ({} actors, {EVENTS_PER_CORRELATION} events per correlation id); {} s per row; query API pool of {}; {} client; owners {}.",
+        args.accounts,
         ACTORS,
         args.seconds,
         args.pool_size,
@@ -469,6 +592,12 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| request | connections | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | failed |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    if let Some(tps) = pgbench_tps {
+        println!(
+            "| `pgbench -S` (PostgreSQL alone: a primary-key SELECT per transaction, scale {}) | {} | {tps:.0} | | | | | |",
+            args.pgbench_scale, args.pgbench_clients
+        );
+    }
 
     let accounts = ids.clone();
     let by_id_path: Arc<dyn Fn(&mut XorShift) -> String + Send + Sync> = Arc::new(move |random| {
@@ -488,30 +617,46 @@ async fn main() -> anyhow::Result<()> {
         args.connections,
         &by_id,
     );
-    if args.rate > 0.0 {
-        let paced = measure(
-            &client,
-            args.connections,
-            duration,
-            Load::Paced(args.rate),
-            by_id_path,
-        )
-        .await?;
+    report.insert("accounts_closed_loop".into(), measured_json(&by_id));
+    let rate = match args.rate_fraction {
+        Some(fraction) => fraction * by_id.requests_per_second,
+        None => args.rate,
+    };
+    if rate > 0.0 {
+        let paced = measure(&client, args.connections, duration, Load::Paced(rate), by_id_path).await?;
+        let why = args
+            .rate_fraction
+            .map_or(String::new(), |fraction| format!(", {fraction} × the rate above"));
         row(
-            &format!("`GET /accounts/{{id}}` offered at {:.0}/s", args.rate),
+            &format!("`GET /accounts/{{id}}` offered at {rate:.0}/s{why}"),
             args.connections,
             &paced,
         );
+        let mut paced_json = measured_json(&paced);
+        paced_json["offered_per_second"] = json!(rate);
+        report.insert("accounts_paced".into(), paced_json);
     }
-    if args.accounts_only {
-        stop.cancel();
-        server.await??;
-        database.drop_now().await?;
-        return Ok(());
+    if !args.accounts_only {
+        audit(&args, &client, duration, &mut report).await?;
     }
+    stop.cancel();
+    server.await??;
+    database.drop_now().await?;
+    if let Some(path) = &args.json {
+        tests::bench::write_json(path, &Value::Object(report))?;
+    }
+    Ok(())
+}
 
+/// The audit queries over the seeded log: by actor, paged, and by correlation id.
+async fn audit(
+    args: &Args,
+    client: &Client,
+    duration: Duration,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
     let by_actor = measure(
-        &client,
+        client,
         args.audit_connections,
         duration,
         Load::ClosedLoop,
@@ -529,7 +674,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let by_correlation = measure(
-        &client,
+        client,
         args.audit_connections,
         duration,
         Load::ClosedLoop,
@@ -544,9 +689,7 @@ async fn main() -> anyhow::Result<()> {
         args.audit_connections,
         &by_correlation,
     );
-
-    stop.cancel();
-    server.await??;
-    database.drop_now().await?;
+    report.insert("audit_by_actor".into(), measured_json(&by_actor));
+    report.insert("audit_by_correlation".into(), measured_json(&by_correlation));
     Ok(())
 }
