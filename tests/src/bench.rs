@@ -18,7 +18,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// The PostgreSQL server a benchmark binary works on, as every one of them takes it:
 /// `#[command(flatten)]` it into the binary's arguments.
+// Without `about = None`, clap would make this doc comment the whole binary's `--help`
+// text when the binary has none of its own.
 #[derive(Debug, Clone, clap::Args)]
+#[command(about = None, long_about = None)]
 pub struct BenchDatabaseArgs {
     /// PostgreSQL server URL; the benchmark creates throwaway databases beside the one
     /// named and drops them afterwards.
