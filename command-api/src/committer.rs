@@ -864,8 +864,15 @@ fn decide_one(
                 (command.transfer_id, ExpectedVersion::Exact(transfer.version)),
                 metadata,
             );
-            overlay.insert(from_id, evolved(&from, &decision.debit)?);
-            overlay.insert(to_id, evolved(&to, &decision.credit)?);
+            // The transfer was read before the accounts' cached states: an account that
+            // already shows this transfer settled (another instance's post or void, seen
+            // through a reload) cannot take the step. That transfer state is stale, and
+            // its append would fail on the transfer stream's version anyway: read again.
+            let stale = |_| Verdict::Reload;
+            let from_after = evolved(&from, &decision.debit).map_err(stale)?;
+            let to_after = evolved(&to, &decision.credit).map_err(stale)?;
+            overlay.insert(from_id, from_after);
+            overlay.insert(to_id, to_after);
             settled.insert(command.transfer_id, after.clone());
             Ok((
                 request,
