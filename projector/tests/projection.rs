@@ -298,14 +298,15 @@ impl Ledger {
                 amount,
                 reference: None,
             },
-            60..=77 => {
+            60..=74 => {
                 let to = self.next(self.accounts.len() as u64) as usize;
                 if to != index {
                     self.transfer(index, to, amount.get()).await;
                 }
                 return;
             }
-            78..=83 => {
+            // More reservations than settlements, so some stay pending for a rebuild.
+            75..=85 => {
                 let to = self.next(self.accounts.len() as u64) as usize;
                 let expires_at = (self.next(2) == 0).then(|| chrono::Utc::now() + chrono::Duration::hours(1));
                 if to != index {
@@ -314,7 +315,7 @@ impl Ledger {
                 }
                 return;
             }
-            84..=89 => {
+            86..=89 => {
                 if !self.pending.is_empty() {
                     let pending = self.next(self.pending.len() as u64) as usize;
                     self.settle(pending).await;
