@@ -48,11 +48,14 @@ pub struct TransferPage {
     pub next_cursor: Option<String>,
 }
 
-/// The transfer columns, in [`TransferRow`]'s order after the checkpoint.
+/// The transfer columns, in [`TransferRow`]'s order after the checkpoint. A posted row
+/// without `posted_amount` (written by a projector from before two-phase transfers, whose
+/// rows the migration cannot have filled) moved its whole amount.
 macro_rules! transfer_columns {
     () => {
         "transfer_id, from_account_id, to_account_id, amount, currency, reference, recorded_at, \
-         transfers.position, status, posted_amount, expires_at"
+         transfers.position, status, \
+         COALESCE(posted_amount, CASE WHEN status = 'posted' THEN amount END) AS posted_amount, expires_at"
     };
 }
 
