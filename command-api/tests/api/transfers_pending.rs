@@ -447,6 +447,16 @@ async fn a_post_after_expires_at_is_refused_before_the_sweep_and_the_deadline_su
     let restarted = spawn_app_with_expiry(pool.clone(), Duration::from_millis(100)).await;
     let other = spawn_app_with_expiry(pool, Duration::from_millis(100)).await;
     wait_for_status(&restarted, id, TransferStatus::Expired, Duration::from_secs(10)).await;
+    // One sweeper holds the lock; the other waits (nothing else here takes an advisory
+    // lock in this database).
+    let sweepers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&other.pool)
+    .await
+    .expect("locks");
+    assert_eq!(sweepers, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let voided: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'TransferVoided'")
         .fetch_one(&other.pool)
