@@ -55,6 +55,16 @@ pub const ACCESS: &[Access] = &[
         path: "/transfers",
         role: Some(Role::Teller),
     },
+    Access {
+        method: Method::POST,
+        path: "/transfers/{id}/post",
+        role: Some(Role::Teller),
+    },
+    Access {
+        method: Method::POST,
+        path: "/transfers/{id}/void",
+        role: Some(Role::Teller),
+    },
     // The contract itself is public: clients need it before they hold a token.
     Access {
         method: Method::GET,

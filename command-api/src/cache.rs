@@ -133,6 +133,8 @@ mod tests {
                     overdraft_limit: OverdraftLimit::ZERO,
                     status: AccountStatus::Open,
                     personal_data_erased: false,
+                    pending_debits: Balance::ZERO,
+                    pending_credits: Balance::ZERO,
                 },
                 version,
             },

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use domain::{
-    Account, AccountCommand, AccountEvent, AccountId, DomainError, LedgerEvent, TransferCommand,
-    TransferEvent, decide_transfer,
+    Account, AccountCommand, AccountEvent, AccountId, DomainError, LedgerEvent, SettleCommand, Transfer,
+    TransferCommand, TransferEvent, TransferId, decide_settle, decide_transfer,
 };
 use event_store::append::append_batch_in;
 use event_store::pii::{self, WrappedKey};
@@ -80,6 +80,23 @@ pub enum Command {
     },
     /// Money between two accounts: three streams, one atomic append.
     Transfer(TransferCommand),
+    /// Posting, voiding or expiring a pending transfer: three streams, one atomic
+    /// append, under the client's `If-Match` on the transfer stream's version.
+    Settle {
+        command: SettleCommand,
+        /// The transfer as last read from its stream; `None` until the bus reads it, again
+        /// before every attempt ([`CommandBus::execute`]), so a conflict is decided on
+        /// what won.
+        loaded: Option<LoadedTransfer>,
+        preconditions: Preconditions,
+    },
+}
+
+/// A transfer's state and its stream's version, as read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedTransfer {
+    pub state: Transfer,
+    pub version: u64,
 }
 
 impl Command {
@@ -88,6 +105,7 @@ impl Command {
         match self {
             Command::Account { command, .. } => command.name(),
             Command::Transfer(_) => "transfer",
+            Command::Settle { command, .. } => command.name(),
         }
     }
 
@@ -96,6 +114,18 @@ impl Command {
         match self {
             Command::Account { account_id, .. } => vec![*account_id],
             Command::Transfer(transfer) => vec![transfer.from, transfer.to],
+            Command::Settle { loaded, .. } => loaded
+                .iter()
+                .flat_map(|loaded| [loaded.state.from, loaded.state.to])
+                .collect(),
+        }
+    }
+
+    /// The transfer a settle command works on.
+    fn settled_transfer(&self) -> Option<TransferId> {
+        match self {
+            Command::Settle { command, .. } => Some(command.transfer_id),
+            _ => None,
         }
     }
 
@@ -242,9 +272,18 @@ impl CommandBus {
         result
     }
 
-    async fn execute_with_retries(&self, submission: Submission) -> Result<Executed, ApiError> {
+    async fn execute_with_retries(&self, mut submission: Submission) -> Result<Executed, ApiError> {
         for attempt in 0..=MAX_CONFLICT_RETRIES {
             let first_attempt = attempt == 0;
+            if let Command::Settle { command, loaded, .. } = &mut submission.command {
+                // Not cached: a transfer is settled once, and after a conflict the
+                // winner's event must be read.
+                *loaded = Some(load_transfer(&self.store, command.transfer_id).await?.ok_or(
+                    ApiError::Domain(DomainError::TransferNotFound {
+                        transfer_id: command.transfer_id,
+                    }),
+                )?);
+            }
             self.load_missing(&submission.command, !first_attempt).await?;
             let (reply, answer) = oneshot::channel();
             let job = Job {
@@ -335,18 +374,53 @@ impl CommandBus {
 }
 
 /// Whether a domain refusal rests on state that another writer could have changed.
-/// Existence, a currency, a used transfer id and naming one account twice cannot change.
+/// Existence, a currency, a used transfer id, naming one account twice, and a transfer
+/// that is no longer pending (or its reserved amount) cannot change.
 fn depends_on_state(error: &ApiError) -> bool {
     match error {
         ApiError::Domain(domain) => !matches!(
             domain,
             DomainError::AccountAlreadyExists { .. }
                 | DomainError::TransferAlreadyExecuted { .. }
+                | DomainError::TransferNotPending { .. }
+                | DomainError::TransferExpired { .. }
+                | DomainError::AmountExceedsPending { .. }
                 | DomainError::SameAccount { .. }
                 | DomainError::CurrencyMismatch { .. }
         ),
         _ => false,
     }
+}
+
+/// Reads and folds one transfer's stream; `None` if the id was never used.
+#[instrument(skip_all, fields(transfer_id = %transfer_id))]
+pub async fn load_transfer(
+    store: &EventStore,
+    transfer_id: TransferId,
+) -> Result<Option<LoadedTransfer>, ApiError> {
+    let stream_id = transfer_id.stream_id();
+    let recorded = store
+        .read_stream(&stream_id, 0)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let mut state: Option<Transfer> = None;
+    let mut version = 0;
+    for event in &recorded {
+        let decoded = event.decode().map_err(|error| {
+            ApiError::Internal(format!("stream {stream_id} holds an unreadable event: {error}"))
+        })?;
+        let LedgerEvent::Transfer(transfer_event) = decoded else {
+            return Err(ApiError::Internal(format!(
+                "stream {stream_id} holds an account event"
+            )));
+        };
+        state = Some(
+            Transfer::evolve(state, &transfer_event)
+                .map_err(|error| ApiError::Internal(format!("stream {stream_id} is corrupt: {error}")))?,
+        );
+        version = event.stream_version as u64;
+    }
+    Ok(state.map(|state| LoadedTransfer { state, version }))
 }
 
 /// Reads and folds one account's stream; `None` if it was never opened.
@@ -401,10 +475,8 @@ enum PlannedAnswer {
         after: Account,
         created: bool,
     },
-    Transfer {
-        command: TransferCommand,
-        currency: String,
-    },
+    /// A transfer created (201) or settled (200), with its state after the command.
+    Transfer { transfer: Transfer, created: bool },
 }
 
 impl Committer {
@@ -512,6 +584,7 @@ impl Committer {
 
         let outcomes = append_batch_in(&mut transaction, &requests).await?;
         let mut poisoned: Vec<AccountId> = Vec::new();
+        let mut poisoned_transfers: Vec<TransferId> = Vec::new();
         let mut answers: Vec<(usize, StoredResponse, i64)> = Vec::new();
         let mut new_keys: Vec<WrappedKey> = Vec::new();
         let mut erased: Vec<uuid::Uuid> = Vec::new();
@@ -535,7 +608,22 @@ impl Committer {
                     let accounts = job.submission.command.accounts();
                     verdicts[plan.job_index] = Some(rejected(rejection, &job.submission.command));
                     poisoned.extend(accounts);
+                    poisoned_transfers.extend(job.submission.command.settled_transfer());
                 }
+            }
+        }
+        // A settle refused on the state a rejected one left in the batch (its post, say,
+        // made the transfer "not pending") was decided on something that never happened:
+        // decide it again.
+        for (job, verdict) in jobs.iter().zip(verdicts.iter_mut()) {
+            let stale = matches!(verdict, Some(Verdict::Refused(_)))
+                && job
+                    .submission
+                    .command
+                    .settled_transfer()
+                    .is_some_and(|id| poisoned_transfers.contains(&id));
+            if stale {
+                *verdict = Some(Verdict::Reload);
             }
         }
 
@@ -592,6 +680,7 @@ impl Committer {
     ) {
         let cache = lock(&self.cache);
         let mut overlay: HashMap<AccountId, CachedAccount> = HashMap::new();
+        let mut settled: HashMap<TransferId, LoadedTransfer> = HashMap::new();
         let mut requests = Vec::new();
         let mut planned = Vec::new();
         for (job_index, (job, verdict)) in jobs.iter().zip(verdicts.iter_mut()).enumerate() {
@@ -601,8 +690,8 @@ impl Committer {
             let current = |id: &AccountId, overlay: &HashMap<AccountId, CachedAccount>| {
                 overlay.get(id).or_else(|| cache.get(id)).cloned()
             };
-            let decided =
-                decide_span(&job.submission).in_scope(|| decide_one(&job.submission, &current, &mut overlay));
+            let decided = decide_span(&job.submission)
+                .in_scope(|| decide_one(&job.submission, &current, &mut overlay, &mut settled));
             match decided {
                 Ok((request, answer)) => {
                     planned.push(Planned {
@@ -634,11 +723,14 @@ fn decide_span(submission: &Submission) -> tracing::Span {
 /// Where an account stands for the next decision: the batch's own state, else the cache's.
 type Lookup<'a> = dyn Fn(&AccountId, &HashMap<AccountId, CachedAccount>) -> Option<CachedAccount> + 'a;
 
-/// Decides one command; on success the overlay holds the accounts' states after it.
+/// Decides one command; on success the overlay holds the accounts' states after it, and
+/// `settled` the state of a transfer it settled (so a second post or void of that
+/// transfer in the same batch sees the first).
 fn decide_one(
     submission: &Submission,
     current: &Lookup<'_>,
     overlay: &mut HashMap<AccountId, CachedAccount>,
+    settled: &mut HashMap<TransferId, LoadedTransfer>,
 ) -> Result<(AppendRequest, PlannedAnswer), Verdict> {
     let metadata = &submission.metadata;
     match &submission.command {
@@ -717,50 +809,127 @@ fn decide_one(
             };
             let decision = decide_transfer(None, Some(&from.state), Some(&to.state), transfer.clone())
                 .map_err(|error| Verdict::Refused(ApiError::from(error)))?;
-            let evolve = |account: &CachedAccount, event: &AccountEvent| {
-                Account::evolve(Some(account.state.clone()), event)
-                    .map(|state| CachedAccount {
-                        state,
-                        version: account.version + 1,
-                    })
-                    .map_err(|error| {
-                        Verdict::Refused(ApiError::Internal(format!(
-                            "decided event does not apply: {error}"
-                        )))
-                    })
-            };
-            let from_after = evolve(&from, &decision.debit)?;
-            let to_after = evolve(&to, &decision.credit)?;
-            let currency = from.state.currency.as_str().to_owned();
-            let request = AppendRequest {
-                writes: vec![
-                    StreamWrite {
-                        stream_id: transfer.from.stream_id(),
-                        expected: expected_version(from.version),
-                        events: vec![account_event(&decision.debit, metadata)],
-                    },
-                    StreamWrite {
-                        stream_id: transfer.to.stream_id(),
-                        expected: expected_version(to.version),
-                        events: vec![account_event(&decision.credit, metadata)],
-                    },
-                    StreamWrite {
-                        stream_id: transfer.id.stream_id(),
-                        expected: ExpectedVersion::NoStream,
-                        events: vec![transfer_event(&decision.executed, metadata)],
-                    },
-                ],
-            };
-            overlay.insert(transfer.from, from_after);
-            overlay.insert(transfer.to, to_after);
+            let after = Transfer::evolve(None, &decision.transfer).map_err(not_applicable)?;
+            let request = three_stream_request(
+                &decision,
+                (&from, transfer.from),
+                (&to, transfer.to),
+                (transfer.id, ExpectedVersion::NoStream),
+                metadata,
+            );
+            overlay.insert(transfer.from, evolved(&from, &decision.debit)?);
+            overlay.insert(transfer.to, evolved(&to, &decision.credit)?);
             Ok((
                 request,
                 PlannedAnswer::Transfer {
-                    command: transfer.clone(),
-                    currency,
+                    transfer: after,
+                    created: true,
                 },
             ))
         }
+        Command::Settle {
+            command,
+            loaded,
+            preconditions,
+        } => {
+            let Some(transfer) = settled.get(&command.transfer_id).or(loaded.as_ref()).cloned() else {
+                return Err(Verdict::Reload);
+            };
+            if !preconditions.hold(Some(transfer.version)) {
+                return Err(Verdict::PreconditionFailed {
+                    expected: preconditions.expected_version(),
+                    actual: Some(transfer.version),
+                });
+            }
+            let (from_id, to_id) = (transfer.state.from, transfer.state.to);
+            let (Some(from), Some(to)) = (current(&from_id, overlay), current(&to_id, overlay)) else {
+                return Err(Verdict::Reload);
+            };
+            let decision = decide_settle(
+                Some(&transfer.state),
+                Some(&from.state),
+                Some(&to.state),
+                command.clone(),
+            )
+            .map_err(|error| Verdict::Refused(ApiError::from(error)))?;
+            let after = LoadedTransfer {
+                state: Transfer::evolve(Some(transfer.state.clone()), &decision.transfer)
+                    .map_err(not_applicable)?,
+                version: transfer.version + 1,
+            };
+            let request = three_stream_request(
+                &decision,
+                (&from, from_id),
+                (&to, to_id),
+                (command.transfer_id, ExpectedVersion::Exact(transfer.version)),
+                metadata,
+            );
+            // The transfer was read before the accounts' cached states: an account that
+            // already shows this transfer settled (another instance's post or void, seen
+            // through a reload) cannot take the step. That transfer state is stale, and
+            // its append would fail on the transfer stream's version anyway: read again.
+            let stale = |_| Verdict::Reload;
+            let from_after = evolved(&from, &decision.debit).map_err(stale)?;
+            let to_after = evolved(&to, &decision.credit).map_err(stale)?;
+            overlay.insert(from_id, from_after);
+            overlay.insert(to_id, to_after);
+            settled.insert(command.transfer_id, after.clone());
+            Ok((
+                request,
+                PlannedAnswer::Transfer {
+                    transfer: after.state,
+                    created: false,
+                },
+            ))
+        }
+    }
+}
+
+/// A decided event that does not apply to the state it was decided on: a bug.
+fn not_applicable(error: domain::EvolveError) -> Verdict {
+    Verdict::Refused(ApiError::Internal(format!(
+        "decided event does not apply: {error}"
+    )))
+}
+
+/// The account after one decided event, one version on.
+fn evolved(account: &CachedAccount, event: &AccountEvent) -> Result<CachedAccount, Verdict> {
+    Account::evolve(Some(account.state.clone()), event)
+        .map(|state| CachedAccount {
+            state,
+            version: account.version + 1,
+        })
+        .map_err(not_applicable)
+}
+
+/// One transfer step's append: one event on each of the three streams, each under its
+/// expected version, in the order debit, credit, transfer (the answer reads the
+/// versions back in that order).
+fn three_stream_request(
+    decision: &domain::TransferDecision,
+    (from, from_id): (&CachedAccount, AccountId),
+    (to, to_id): (&CachedAccount, AccountId),
+    (transfer_id, transfer_expected): (TransferId, ExpectedVersion),
+    metadata: &Metadata,
+) -> AppendRequest {
+    AppendRequest {
+        writes: vec![
+            StreamWrite {
+                stream_id: from_id.stream_id(),
+                expected: expected_version(from.version),
+                events: vec![account_event(&decision.debit, metadata)],
+            },
+            StreamWrite {
+                stream_id: to_id.stream_id(),
+                expected: expected_version(to.version),
+                events: vec![account_event(&decision.credit, metadata)],
+            },
+            StreamWrite {
+                stream_id: transfer_id.stream_id(),
+                expected: transfer_expected,
+                events: vec![transfer_event(&decision.transfer, metadata)],
+            },
+        ],
     }
 }
 
@@ -824,24 +993,31 @@ fn render(answer: &PlannedAnswer, outcome: &AppendOutcome) -> StoredResponse {
                 headers,
             }
         }
-        PlannedAnswer::Transfer { command, currency } => {
+        PlannedAnswer::Transfer { transfer, created } => {
             let version_of = |index: usize| outcome.streams.get(index).map_or(0, |stream| stream.version);
             let body = TransferResponse {
-                stream_id: command.id.stream_id(),
+                stream_id: transfer.id.stream_id(),
                 stream_version: version_of(2),
                 position: outcome.last_position,
-                transfer_id: command.id.as_uuid(),
-                from_account_id: command.from.as_uuid(),
-                to_account_id: command.to.as_uuid(),
-                amount: command.amount.get(),
-                currency: currency.clone(),
+                transfer_id: transfer.id.as_uuid(),
+                from_account_id: transfer.from.as_uuid(),
+                to_account_id: transfer.to.as_uuid(),
+                amount: transfer.amount.get(),
+                currency: transfer.currency.as_str().to_owned(),
                 from_account_version: version_of(0),
                 to_account_version: version_of(1),
+                status: transfer.status.as_str().to_owned(),
+                posted_amount: transfer.posted_amount.map(domain::Amount::get),
+                expires_at: transfer.expires_at.map(crate::dto::rfc3339),
             };
+            let mut headers = vec![("etag".to_owned(), format!("\"{}\"", version_of(2)))];
+            if *created {
+                headers.push(("location".to_owned(), format!("/transfers/{}", transfer.id)));
+            }
             StoredResponse {
-                status: 201,
+                status: if *created { 201 } else { 200 },
                 body: serde_json::to_value(body).unwrap_or_default(),
-                headers: vec![("location".to_owned(), format!("/transfers/{}", command.id))],
+                headers,
             }
         }
     }

@@ -51,6 +51,21 @@ pub struct TransferBody {
     pub amount: i64,
     /// Free text for both statements, at most 140 characters.
     pub reference: Option<String>,
+    /// `true`: only reserve `amount` on the paying account (its available balance drops,
+    /// its balance stays) until the transfer is posted or voided. Default `false`.
+    pub pending: Option<bool>,
+    /// Only with `pending`: seconds, 1 to 2,592,000 (30 days), after which the system
+    /// voids the transfer if it is still pending (status `expired`). Default: never.
+    pub timeout_seconds: Option<i64>,
+}
+
+/// `POST /transfers/{id}/post`; the body may be omitted.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostTransferBody {
+    /// Minor units to move, at most the reserved amount; default all of it. The rest is
+    /// released.
+    pub amount: Option<i64>,
 }
 
 /// `POST /accounts/{id}/freeze`, `/unfreeze` and `/close`; the body may be omitted.
@@ -77,12 +92,13 @@ pub struct AccountCommandResponse {
     pub status: String,
 }
 
-/// The answer to `POST /transfers`.
+/// The answer to `POST /transfers` and to posting or voiding a transfer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 pub struct TransferResponse {
     /// `transfer-<uuid>`.
     pub stream_id: String,
-    /// The transfer stream's version: always 1.
+    /// The transfer stream's version after the command (1 when created, 2 once posted or
+    /// voided); also sent as `ETag`, for `If-Match` on a post or void.
     pub stream_version: u64,
     /// The global position of the transfer's last event.
     pub position: i64,
@@ -95,6 +111,21 @@ pub struct TransferResponse {
     pub from_account_version: u64,
     /// The receiving account's version after the transfer.
     pub to_account_version: u64,
+    /// `pending`, `posted`, `voided` or `expired`.
+    pub status: String,
+    /// What moved, in minor units: `amount` for a one-step transfer, the posted part of a
+    /// posted pending one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_amount: Option<i64>,
+    /// When a pending transfer expires (RFC 3339, UTC); absent without a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// An instant as every answer writes it: RFC 3339, UTC, with `Z` and as many fraction
+/// digits as it has.
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// An RFC 9457 problem, as every error is answered.

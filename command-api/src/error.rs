@@ -49,6 +49,9 @@ pub enum ApiError {
     /// 404 `account-not-found`: a path names an account that does not exist.
     #[error("account {0} not found")]
     AccountNotFound(String),
+    /// 404 `transfer-not-found`: a path names a transfer that cannot exist (not a UUID).
+    #[error("transfer {0} not found")]
+    TransferNotFound(String),
     /// 412 `version-conflict`: `If-Match` or `If-None-Match` does not hold for the
     /// account's current version (`actual`; `None`: the account does not exist).
     #[error("{}", precondition_detail(.expected, .actual))]
@@ -125,7 +128,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Domain(error) => domain_status(error),
-            Self::AccountNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::AccountNotFound(_) | Self::TransferNotFound(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::ConcurrentModification | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::Overloaded | Self::Unavailable(_) | Self::CommitFailed | Self::ShuttingDown => {
@@ -147,6 +152,7 @@ impl ApiError {
             Self::Validation(_) => "validation",
             Self::Domain(error) => error.code(),
             Self::AccountNotFound(_) => "account-not-found",
+            Self::TransferNotFound(_) => "transfer-not-found",
             Self::PreconditionFailed { .. } => "version-conflict",
             Self::ConcurrentModification => "concurrent-modification",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -168,7 +174,7 @@ impl ApiError {
     pub fn is_stored_under_key(&self) -> bool {
         match self {
             Self::Domain(error) => !matches!(error, DomainError::AccountStateMismatch { .. }),
-            Self::AccountNotFound(_) => true,
+            Self::AccountNotFound(_) | Self::TransferNotFound(_) => true,
             _ => false,
         }
     }
@@ -214,6 +220,22 @@ impl ApiError {
             }) => {
                 extra.insert("account_id".into(), json!(account_id));
             }
+            Self::Domain(DomainError::AmountExceedsPending {
+                transfer_id,
+                requested,
+                pending,
+            }) => {
+                extra.insert("transfer_id".into(), json!(transfer_id));
+                extra.insert("requested".into(), json!(requested.get()));
+                extra.insert("pending".into(), json!(pending.get()));
+            }
+            Self::Domain(
+                DomainError::TransferNotFound { transfer_id }
+                | DomainError::TransferNotPending { transfer_id }
+                | DomainError::TransferExpired { transfer_id },
+            ) => {
+                extra.insert("transfer_id".into(), json!(transfer_id));
+            }
             _ => {}
         }
         extra
@@ -231,11 +253,11 @@ impl ApiError {
     }
 }
 
-/// The status of a domain refusal: an unknown account is 404, every other broken rule
+/// The status of a domain refusal: an unknown account or transfer is 404, every other broken rule
 /// 422 (API.md). A state mismatch is a bug of this service, never the client's doing.
 fn domain_status(error: &DomainError) -> StatusCode {
     match error {
-        DomainError::AccountNotFound { .. } => StatusCode::NOT_FOUND,
+        DomainError::AccountNotFound { .. } | DomainError::TransferNotFound { .. } => StatusCode::NOT_FOUND,
         DomainError::AccountStateMismatch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }

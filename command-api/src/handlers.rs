@@ -15,9 +15,10 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use chrono::{SubsecRound, Utc};
 use domain::{
-    AccountCommand, AccountId, Amount, Currency, DomainError, OverdraftLimit, Owner, Reason, Reference,
-    TransferCommand, TransferId,
+    AccountCommand, AccountId, Amount, Currency, DomainError, OverdraftLimit, Owner, PendingTerms, Reason,
+    Reference, SettleAction, SettleCommand, TransferCommand, TransferId, ValidationError,
 };
 use event_store::Metadata;
 use event_store::pii::WrappedKey;
@@ -26,7 +27,8 @@ use crate::AppState;
 use crate::access::Caller;
 use crate::committer::{Command, Executed, Submission};
 use crate::dto::{
-    AccountCommandResponse, MoneyBody, OpenAccountBody, ReasonBody, TransferBody, TransferResponse,
+    AccountCommandResponse, MoneyBody, OpenAccountBody, PostTransferBody, ReasonBody, TransferBody,
+    TransferResponse,
 };
 use crate::error::{ApiError, Result};
 use crate::extract::{CommandHeaders, JsonBody};
@@ -201,21 +203,27 @@ pub async fn erase_personal_data(request: AccountRequest) -> Result<Response> {
     }
 }
 
+/// The longest timeout of a pending transfer, in seconds: 30 days (API.md).
+pub const MAX_TIMEOUT_SECONDS: i64 = 2_592_000;
+
 /// Move money between two accounts of one currency: three streams, one atomic append.
+/// With `"pending": true` the amount is only reserved, until posted, voided or expired.
 #[utoipa::path(
     post,
     path = "/transfers",
     tag = "transfers",
     request_body = TransferBody,
-    responses((status = 201, description = "The transfer executed", body = TransferResponse,
-               headers(("Location" = String, description = "Where the transfer can be read"))))
+    responses((status = 201, description = "The transfer executed (`posted`) or reserved (`pending`)",
+               body = TransferResponse,
+               headers(("ETag" = String, description = "The transfer stream's version, quoted"),
+                       ("Location" = String, description = "Where the transfer can be read"))))
 )]
 pub async fn transfer(
     request: CommandRequest,
     JsonBody { value, canonical }: JsonBody<TransferBody>,
 ) -> Result<Response> {
-    // A transfer is a new resource that never changes: there is no current version an
-    // `If-Match` could name (If-None-Match: `*` is what a transfer id guarantees anyway).
+    // A transfer is a new resource: there is no current version an `If-Match` could
+    // name (If-None-Match: `*` is what a transfer id guarantees anyway).
     let preconditions = &request.headers.preconditions;
     if preconditions.if_match.is_some() {
         return Err(ApiError::PreconditionFailed {
@@ -223,6 +231,7 @@ pub async fn transfer(
             actual: None,
         });
     }
+    let pending = pending_terms(value.pending.unwrap_or(false), value.timeout_seconds)?;
     let command = TransferCommand {
         id: value
             .transfer_id
@@ -231,8 +240,111 @@ pub async fn transfer(
         to: AccountId::from(value.to_account_id),
         amount: Amount::new(value.amount)?,
         reference: reference(value.reference)?,
+        pending,
     };
     request.run(Command::Transfer(command), &canonical, None).await
+}
+
+/// The pending terms a transfer body asks for: `timeout_seconds` only with `pending`,
+/// and within 1 to [`MAX_TIMEOUT_SECONDS`]. The deadline is taken to the microsecond,
+/// which is what PostgreSQL keeps of it (the expiry reads it from there).
+fn pending_terms(pending: bool, timeout_seconds: Option<i64>) -> Result<Option<PendingTerms>> {
+    let invalid = |message: &str| ApiError::Validation(ValidationError::new("timeout_seconds", message));
+    match (pending, timeout_seconds) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(invalid("only a pending transfer has a timeout")),
+        (true, None) => Ok(Some(PendingTerms { expires_at: None })),
+        (true, Some(seconds)) if !(1..=MAX_TIMEOUT_SECONDS).contains(&seconds) => Err(invalid(&format!(
+            "must be between 1 and {MAX_TIMEOUT_SECONDS} seconds"
+        ))),
+        (true, Some(seconds)) => Ok(Some(PendingTerms {
+            expires_at: Some(Utc::now().trunc_subsecs(6) + chrono::Duration::seconds(seconds)),
+        })),
+    }
+}
+
+/// Post a pending transfer: move all of it, or `amount` of it and release the rest.
+#[utoipa::path(
+    post,
+    path = "/transfers/{id}/post",
+    tag = "transfers",
+    params(("id" = uuid::Uuid, Path, description = "The pending transfer")),
+    request_body(content = Option<PostTransferBody>, description = "May be omitted"),
+    responses((status = 200, description = "Posted", body = TransferResponse,
+               headers(("ETag" = String, description = "The transfer stream's version, quoted"))))
+)]
+pub async fn post_transfer(
+    request: TransferRequest,
+    JsonBody { value, canonical }: JsonBody<PostTransferBody>,
+) -> Result<Response> {
+    let amount = value.amount.map(Amount::new).transpose()?;
+    request.run(SettleAction::Post { amount }, &canonical).await
+}
+
+/// Void a pending transfer: release all of it.
+#[utoipa::path(
+    post,
+    path = "/transfers/{id}/void",
+    tag = "transfers",
+    params(("id" = uuid::Uuid, Path, description = "The pending transfer")),
+    request_body(content = Option<ReasonBody>, description = "May be omitted"),
+    responses((status = 200, description = "Voided", body = TransferResponse,
+               headers(("ETag" = String, description = "The transfer stream's version, quoted"))))
+)]
+pub async fn void_transfer(
+    request: TransferRequest,
+    JsonBody { value, canonical }: JsonBody<ReasonBody>,
+) -> Result<Response> {
+    let action = SettleAction::Void {
+        reason: reason(value.reason)?,
+    };
+    request.run(action, &canonical).await
+}
+
+/// A command on the transfer its path names (`/transfers/{id}/<action>`). An id that is
+/// not a UUID names no transfer: 404.
+pub struct TransferRequest {
+    command: CommandRequest,
+    transfer_id: TransferId,
+}
+
+impl FromRequestParts<AppState> for TransferRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> std::result::Result<Self, Response> {
+        let mut command = CommandRequest::from_request_parts(parts, state).await?;
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::TransferNotFound(rejection.body_text()).into_response())?;
+        let uuid = uuid::Uuid::parse_str(&raw)
+            .map_err(|_| ApiError::TransferNotFound(raw.clone()).into_response())?;
+        // As for accounts: two spellings of one id are one request to the fingerprint.
+        let action = command.path.rsplit('/').next().unwrap_or_default().to_owned();
+        command.path = format!("/transfers/{uuid}/{action}");
+        Ok(Self {
+            command,
+            transfer_id: TransferId::from(uuid),
+        })
+    }
+}
+
+impl TransferRequest {
+    /// Runs the post or void under the client's preconditions, decided at the time the
+    /// request arrived: a post at or after the transfer's `expires_at` is refused.
+    async fn run(self, action: SettleAction, canonical: &[u8]) -> Result<Response> {
+        let transfer_id = self.transfer_id;
+        let command = Command::Settle {
+            command: SettleCommand {
+                transfer_id,
+                action,
+                now: Utc::now(),
+            },
+            // Read by the bus before every attempt.
+            loaded: None,
+            preconditions: self.command.headers.preconditions.clone(),
+        };
+        self.command.run(command, canonical, None).await
+    }
 }
 
 fn reference(raw: Option<String>) -> Result<Option<Reference>> {

@@ -5,8 +5,8 @@
 //!
 //! - [`Config`]: flags and environment.
 //! - [`run`]: checks the token key and the personal-data master key (no key, no start),
-//!   connects, migrates, starts the committer, the relay and the idempotency purge, and
-//!   serves until shutdown.
+//!   connects, migrates, starts the committer, the relay, the transfer expiry and the
+//!   idempotency purge, and serves until shutdown.
 //! - [`app`]: the router, for tests to drive directly.
 //! - [`access`]: the role each route needs, and the caller handlers record as `actor`.
 //! - [`handlers`]: one function per command endpoint of API.md; [`dto`] their bodies;
@@ -15,6 +15,7 @@
 //!   `X-Correlation-Id` middleware.
 //! - [`committer`]: decides against cached state and appends with group commit; [`cache`]
 //!   is its bounded account cache.
+//! - [`expiry`]: voids pending transfers whose timeout passed, one instance at a time.
 //! - [`idempotency`]: `Idempotency-Key` storage, replay and purge.
 //! - [`error`]: every failure as an `application/problem+json` answer.
 //! - [`openapi`]: the document at `GET /openapi.json`.
@@ -27,6 +28,7 @@ pub mod correlation;
 pub mod dto;
 pub mod erasure;
 pub mod error;
+pub mod expiry;
 pub mod extract;
 pub mod handlers;
 pub mod idempotency;
@@ -77,6 +79,11 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
     pub listen: String,
+
+    /// How often the expiry worker (on the one instance that holds its lock) looks for
+    /// pending transfers past their `expires_at`, in milliseconds.
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub expiry_sweep_interval_ms: u64,
 }
 
 /// Why the command API stopped with an error.
@@ -180,6 +187,8 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(handlers::close))
         .routes(routes!(handlers::erase_personal_data))
         .routes(routes!(handlers::transfer))
+        .routes(routes!(handlers::post_transfer))
+        .routes(routes!(handlers::void_transfer))
         .split_for_parts();
     openapi::complete(&mut document);
     let document = Arc::new(openapi::bounded(&document));
@@ -243,13 +252,32 @@ pub async fn run(
     ));
     let purge = tokio::spawn(idempotency::purge_periodically(pool.clone(), stop.clone()));
 
-    let (state, committer) = AppState::new(store, Readiness { pool, nats }, authenticator, vault);
+    let (state, committer) = AppState::new(
+        store,
+        Readiness {
+            pool: pool.clone(),
+            nats,
+        },
+        authenticator,
+        vault,
+    );
+    // The expiry worker holds a handle to the committer: it stops first, on its own token.
+    let stop_expiry = CancellationToken::new();
+    let expiry = tokio::spawn(expiry::run(
+        pool,
+        state.commands.clone(),
+        std::time::Duration::from_millis(config.expiry_sweep_interval_ms.max(1)),
+        stop_expiry.clone(),
+    ));
     // Every command answers within the request timeout: none is exempt.
     let router = service::limits::apply(app(state), &config.limits, &[]);
     let served =
         service::serve::serve_with(listener, router, config.limits.header_read_timeout(), shutdown).await;
-    // The router and with it every handle to the committer are gone: it answers what is
-    // queued and stops. Only then stop the relay, so it publishes those commits too.
+    stop_expiry.cancel();
+    let _ = expiry.await;
+    // The router, the expiry worker and with them every handle to the committer are
+    // gone: it answers what is queued and stops. Only then stop the relay, so it
+    // publishes those commits too.
     let _ = committer.await;
     stop.cancel();
     let _ = relay.await;

@@ -32,7 +32,10 @@ const COMMAND_ERRORS: &[(&str, &str)] = &[
         "400",
         "Malformed JSON, an unknown or mistyped field, or a malformed header",
     ),
-    ("404", "The account does not exist"),
+    (
+        "404",
+        "The account (or, on a post or void, the transfer) does not exist",
+    ),
     (
         "409",
         "The same Idempotency-Key is in flight, or other writers kept changing the streams",
@@ -62,6 +65,12 @@ pub fn body_bounds() -> openapi::PlacedBounds {
     vec![
         ("MoneyBody", "amount", amount()),
         ("TransferBody", "amount", amount()),
+        ("PostTransferBody", "amount", amount()),
+        (
+            "TransferBody",
+            "timeout_seconds",
+            vec![("minimum", 1), ("maximum", crate::handlers::MAX_TIMEOUT_SECONDS)],
+        ),
         (
             "OpenAccountBody",
             "overdraft_limit",
@@ -149,9 +158,9 @@ fn add_command_parts(operation: &mut Operation) {
         ),
         (
             "If-Match",
-            "`*` or a list of entity-tags \"<stream_version>\": go ahead only if the account exists at one of \
-             these versions (weak tags never match), else 412; never holds when opening an account \
-             or on a transfer",
+            "`*` or a list of entity-tags \"<stream_version>\": go ahead only if the account (on a post or \
+             void: the transfer) exists at one of these versions (weak tags never match), else 412; never \
+             holds when opening an account or creating a transfer",
         ),
         (
             "If-None-Match",

@@ -6,9 +6,10 @@
 //! only an impossible stream: what was decided and stored is a fact, even if a rule
 //! changed since.
 //!
-//! The rules (API.md): no debit takes the balance below `-overdraft_limit`; frozen and
-//! closed accounts accept no money movement; an account closes only at balance 0;
-//! closed is final (only personal-data erasure may follow).
+//! The rules (API.md): no debit takes the available balance (the balance minus what
+//! pending transfers reserved) below `-overdraft_limit`; frozen and closed accounts
+//! accept no money movement; an account closes only at balance 0 and with no pending
+//! transfer on either side; closed is final (only personal-data erasure may follow).
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,14 @@ pub struct Account {
     /// `None` for other reasons (an old account), so that erasing such an account is
     /// still recorded once, and erasing an erased one is refused.
     pub personal_data_erased: bool,
+    /// What pending transfers out of this account reserved, in minor units (never
+    /// negative): the balance stays, the available balance is this much lower.
+    #[serde(default)]
+    pub pending_debits: Balance,
+    /// What pending transfers into this account may bring, in minor units (never
+    /// negative); not spendable until posted.
+    #[serde(default)]
+    pub pending_credits: Balance,
 }
 
 /// What a client may ask of one account.
@@ -162,6 +171,13 @@ impl Account {
                 if account.status == AccountStatus::Closed {
                     return Err(DomainError::AccountClosed { account_id });
                 }
+                if !account.pending_debits.is_zero() || !account.pending_credits.is_zero() {
+                    return Err(DomainError::PendingTransfers {
+                        account_id,
+                        pending_debits: account.pending_debits,
+                        pending_credits: account.pending_credits,
+                    });
+                }
                 if !account.balance.is_zero() {
                     return Err(DomainError::BalanceNotZero {
                         account_id,
@@ -189,22 +205,68 @@ impl Account {
             .ok_or(DomainError::BalanceOverflow { account_id: self.id })
     }
 
-    /// Checks that `amount` may leave this account, giving the new balance.
+    /// Checks that `amount` may leave this account, giving the new balance. What
+    /// pending transfers reserved is not available: the rule holds for the available
+    /// balance, so a reservation can always be posted.
     pub(crate) fn debit(&self, amount: Amount) -> Result<Balance, DomainError> {
+        self.ensure_available(amount)?;
+        // Cannot fail once the available balance allows it (the balance is at least the
+        // available balance); checked all the same.
+        self.balance
+            .checked_sub(amount)
+            .ok_or(DomainError::InsufficientFunds {
+                account_id: self.id,
+                balance: self.balance,
+                requested: amount,
+                overdraft_limit: self.overdraft_limit,
+            })
+    }
+
+    /// Checks that a pending transfer may reserve `amount` on this account, giving the
+    /// new pending debits.
+    pub(crate) fn reserve_debit(&self, amount: Amount) -> Result<Balance, DomainError> {
+        self.ensure_available(amount)?;
+        self.pending_debits
+            .checked_add(amount)
+            .ok_or(DomainError::BalanceOverflow { account_id: self.id })
+    }
+
+    /// Checks that a pending transfer may promise `amount` to this account: it must be
+    /// able to receive it and, once everything pending arrives, the balance must fit.
+    pub(crate) fn reserve_credit(&self, amount: Amount) -> Result<Balance, DomainError> {
         self.ensure_moves_money()?;
-        let insufficient = || DomainError::InsufficientFunds {
-            account_id: self.id,
-            balance: self.balance,
-            requested: amount,
-            overdraft_limit: self.overdraft_limit,
-        };
-        // Overflow here would need a balance near i64::MIN, far below any allowed
-        // overdraft, so it is the same refusal.
-        let balance = self.balance.checked_sub(amount).ok_or_else(insufficient)?;
-        if balance < self.overdraft_limit.floor() {
-            return Err(insufficient());
+        let overflow = DomainError::BalanceOverflow { account_id: self.id };
+        let pending = self.pending_credits.checked_add(amount).ok_or(overflow.clone())?;
+        let ceiling = i128::from(self.balance.get()) + i128::from(pending.get());
+        if ceiling > i128::from(i64::MAX) {
+            return Err(overflow);
         }
-        Ok(balance)
+        Ok(pending)
+    }
+
+    /// The balance minus what pending transfers out of the account reserved: what a
+    /// withdrawal, transfer or new reservation may still take down to the overdraft floor.
+    /// Saturates at the `i64` range, which a ledger that kept its rules never reaches.
+    pub fn available_balance(&self) -> i64 {
+        let available = i128::from(self.balance.get()) - i128::from(self.pending_debits.get());
+        i64::try_from(available).unwrap_or(if available < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    /// The overdraft rule, on the available balance: `amount` may leave or be reserved.
+    fn ensure_available(&self, amount: Amount) -> Result<(), DomainError> {
+        self.ensure_moves_money()?;
+        // In i128: balance, pending and amount are each within i64, so this cannot wrap.
+        let after =
+            i128::from(self.balance.get()) - i128::from(self.pending_debits.get()) - i128::from(amount.get());
+        if after < i128::from(self.overdraft_limit.floor().get()) {
+            return Err(DomainError::InsufficientFunds {
+                account_id: self.id,
+                balance: self.balance,
+                requested: amount,
+                overdraft_limit: self.overdraft_limit,
+            });
+        }
+        Ok(())
     }
 
     /// Frozen and closed accounts accept no money movement, in or out.
@@ -242,6 +304,8 @@ impl Account {
                     overdraft_limit: *overdraft_limit,
                     status: AccountStatus::Open,
                     personal_data_erased: false,
+                    pending_debits: Balance::ZERO,
+                    pending_credits: Balance::ZERO,
                 });
             }
             (None, event) => {
@@ -289,6 +353,38 @@ impl Account {
                 account.owner = None;
                 account.personal_data_erased = true;
             }
+            AccountEvent::TransferDebitReserved { amount, .. } => {
+                account.pending_debits = account.pending_debits.checked_add(*amount).ok_or_else(overflow)?;
+            }
+            AccountEvent::TransferCreditReserved { amount, .. } => {
+                account.pending_credits = account
+                    .pending_credits
+                    .checked_add(*amount)
+                    .ok_or_else(overflow)?;
+            }
+            AccountEvent::PendingDebitPosted { amount, reserved, .. } => {
+                account.pending_debits =
+                    release(account.pending_debits, *amount, *reserved, account_id, event_type)?;
+                account.balance = account.balance.checked_sub(*amount).ok_or_else(overflow)?;
+            }
+            AccountEvent::PendingCreditPosted { amount, reserved, .. } => {
+                account.pending_credits = release(
+                    account.pending_credits,
+                    *amount,
+                    *reserved,
+                    account_id,
+                    event_type,
+                )?;
+                account.balance = account.balance.checked_add(*amount).ok_or_else(overflow)?;
+            }
+            AccountEvent::PendingDebitReleased { amount, .. } => {
+                account.pending_debits =
+                    release(account.pending_debits, *amount, *amount, account_id, event_type)?;
+            }
+            AccountEvent::PendingCreditReleased { amount, .. } => {
+                account.pending_credits =
+                    release(account.pending_credits, *amount, *amount, account_id, event_type)?;
+            }
         }
         Ok(account)
     }
@@ -303,6 +399,29 @@ impl Account {
         }
         Ok(state)
     }
+}
+
+/// The pending amount after `reserved` stops being pending, of which `posted` moved:
+/// refuses a post above its reservation or a release of more than is pending.
+fn release(
+    pending: Balance,
+    posted: Amount,
+    reserved: Amount,
+    account_id: AccountId,
+    event_type: &'static str,
+) -> Result<Balance, EvolveError> {
+    let mismatch = || EvolveError::PendingMismatch {
+        account_id,
+        event_type,
+    };
+    if posted > reserved {
+        return Err(mismatch());
+    }
+    let after = pending.checked_sub(reserved).ok_or_else(mismatch)?;
+    if after < Balance::ZERO {
+        return Err(mismatch());
+    }
+    Ok(after)
 }
 
 #[cfg(test)]

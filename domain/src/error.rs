@@ -103,6 +103,44 @@ pub enum DomainError {
     #[error("personal data of account {account_id} is already erased")]
     PersonalDataAlreadyErased { account_id: AccountId },
 
+    /// Posting or voiding a transfer id that has no transfer.
+    #[error("transfer {transfer_id} not found")]
+    TransferNotFound { transfer_id: TransferId },
+
+    /// Posting or voiding a transfer that is not pending any more (posted, voided, or
+    /// executed in one step).
+    #[error("transfer {transfer_id} is not pending")]
+    TransferNotPending { transfer_id: TransferId },
+
+    /// Posting (or voiding) a pending transfer whose `expires_at` has passed: the system
+    /// voids it, or already did.
+    #[error("transfer {transfer_id} expired")]
+    TransferExpired { transfer_id: TransferId },
+
+    /// Posting more than the pending transfer reserved.
+    #[error("transfer {transfer_id}: posting {requested} exceeds the pending amount {pending}")]
+    AmountExceedsPending {
+        transfer_id: TransferId,
+        requested: Amount,
+        pending: Amount,
+    },
+
+    /// The system's expiry of a transfer whose `expires_at` has not passed (another
+    /// instance's clock ahead of this one's).
+    #[error("transfer {transfer_id} is not due to expire yet")]
+    TransferNotDue { transfer_id: TransferId },
+
+    /// An account with pending transfers (either side) does not close: their money
+    /// could neither leave nor arrive.
+    #[error(
+        "account {account_id} has pending transfers (pending debits {pending_debits}, pending credits {pending_credits})"
+    )]
+    PendingTransfers {
+        account_id: AccountId,
+        pending_debits: Balance,
+        pending_credits: Balance,
+    },
+
     /// The caller passed the state of another account than the command names. A bug in
     /// the caller, not the client's fault; refused so it cannot write wrong events.
     #[error("state of account {found} was given for account {expected}")]
@@ -136,6 +174,12 @@ impl DomainError {
             Self::TransferAlreadyExecuted { .. } => "transfer-already-executed",
             Self::PersonalDataAlreadyErased { .. } => "personal-data-already-erased",
             Self::AccountStateMismatch { .. } => "account-state-mismatch",
+            Self::TransferNotFound { .. } => "transfer-not-found",
+            Self::TransferNotPending { .. } => "transfer-not-pending",
+            Self::TransferExpired { .. } => "transfer-expired",
+            Self::AmountExceedsPending { .. } => "amount-exceeds-pending",
+            Self::TransferNotDue { .. } => "transfer-not-due",
+            Self::PendingTransfers { .. } => "pending-transfers",
         }
     }
 }
@@ -180,6 +224,22 @@ pub enum EvolveError {
     /// A second `TransferExecuted` in one transfer stream.
     #[error("transfer {transfer_id} executed twice")]
     TransferAlreadyExecuted { transfer_id: TransferId },
+
+    /// A transfer event that cannot follow the transfer's state (a post or void of a
+    /// transfer that is not pending, or one before the transfer began).
+    #[error("{event_type} on transfer {transfer_id}, which is not pending")]
+    TransferNotPending {
+        transfer_id: TransferId,
+        event_type: &'static str,
+    },
+
+    /// A posted or released amount that the account's pending amounts cannot cover, or a
+    /// post larger than its reservation.
+    #[error("{event_type} does not fit the pending amounts of account {account_id}")]
+    PendingMismatch {
+        account_id: AccountId,
+        event_type: &'static str,
+    },
 }
 
 /// A stored event that cannot be read back into a [`crate::LedgerEvent`].
@@ -251,6 +311,28 @@ mod tests {
             DomainError::AccountStateMismatch {
                 expected: id,
                 found: id,
+            },
+            DomainError::TransferNotFound {
+                transfer_id: TransferId::from(Uuid::nil()),
+            },
+            DomainError::TransferNotPending {
+                transfer_id: TransferId::from(Uuid::nil()),
+            },
+            DomainError::TransferExpired {
+                transfer_id: TransferId::from(Uuid::nil()),
+            },
+            DomainError::AmountExceedsPending {
+                transfer_id: TransferId::from(Uuid::nil()),
+                requested: Amount::MAX,
+                pending: Amount::MAX,
+            },
+            DomainError::TransferNotDue {
+                transfer_id: TransferId::from(Uuid::nil()),
+            },
+            DomainError::PendingTransfers {
+                account_id: id,
+                pending_debits: Balance::ZERO,
+                pending_credits: Balance::ZERO,
             },
         ];
         let codes: HashSet<&str> = errors.iter().map(DomainError::code).collect();

@@ -11,6 +11,7 @@
 //! schema, for logs and tests; stored events must go through `from_stored`, which also
 //! reads old schema versions.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -31,6 +32,15 @@ pub const ACCOUNT_FROZEN: &str = "AccountFrozen";
 pub const ACCOUNT_UNFROZEN: &str = "AccountUnfrozen";
 pub const ACCOUNT_CLOSED: &str = "AccountClosed";
 pub const PERSONAL_DATA_ERASED: &str = "PersonalDataErased";
+pub const TRANSFER_DEBIT_RESERVED: &str = "TransferDebitReserved";
+pub const TRANSFER_CREDIT_RESERVED: &str = "TransferCreditReserved";
+pub const PENDING_DEBIT_POSTED: &str = "PendingDebitPosted";
+pub const PENDING_CREDIT_POSTED: &str = "PendingCreditPosted";
+pub const PENDING_DEBIT_RELEASED: &str = "PendingDebitReleased";
+pub const PENDING_CREDIT_RELEASED: &str = "PendingCreditReleased";
+pub const TRANSFER_PENDING: &str = "TransferPending";
+pub const TRANSFER_POSTED: &str = "TransferPosted";
+pub const TRANSFER_VOIDED: &str = "TransferVoided";
 
 /// Every event type name, as stored in `events.event_type`.
 pub const EVENT_TYPES: &[&str] = &[
@@ -44,10 +54,24 @@ pub const EVENT_TYPES: &[&str] = &[
     ACCOUNT_UNFROZEN,
     ACCOUNT_CLOSED,
     PERSONAL_DATA_ERASED,
+    TRANSFER_DEBIT_RESERVED,
+    TRANSFER_CREDIT_RESERVED,
+    PENDING_DEBIT_POSTED,
+    PENDING_CREDIT_POSTED,
+    PENDING_DEBIT_RELEASED,
+    PENDING_CREDIT_RELEASED,
+    TRANSFER_PENDING,
+    TRANSFER_POSTED,
+    TRANSFER_VOIDED,
 ];
 
 /// The event types stored in transfer streams; every other type is an account event.
-pub const TRANSFER_EVENT_TYPES: &[&str] = &[TRANSFER_EXECUTED];
+pub const TRANSFER_EVENT_TYPES: &[&str] = &[
+    TRANSFER_EXECUTED,
+    TRANSFER_PENDING,
+    TRANSFER_POSTED,
+    TRANSFER_VOIDED,
+];
 
 /// Something that happened to one account, in the stream `account-<uuid>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +126,57 @@ pub enum AccountEvent {
     },
     /// The owner's name and email are gone; the account and its money history stay.
     PersonalDataErased { account_id: AccountId },
+    /// A pending transfer reserved `amount` on the paying account: the balance is
+    /// unchanged, the available balance is `amount` lower until it is posted or released.
+    TransferDebitReserved {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        to_account_id: AccountId,
+        amount: Amount,
+        reference: Option<Reference>,
+    },
+    /// The receiving side of a pending transfer: `amount` may arrive; the balance is
+    /// unchanged until it is posted.
+    TransferCreditReserved {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        from_account_id: AccountId,
+        amount: Amount,
+        reference: Option<Reference>,
+    },
+    /// A pending transfer was posted: `amount` left the paying account and the whole
+    /// `reserved` amount is no longer pending (`reserved - amount` was released).
+    PendingDebitPosted {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        to_account_id: AccountId,
+        amount: Amount,
+        reserved: Amount,
+        /// The transfer's reference, for the statement.
+        reference: Option<Reference>,
+    },
+    /// A pending transfer was posted: `amount` arrived and `reserved` is no longer pending.
+    PendingCreditPosted {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        from_account_id: AccountId,
+        amount: Amount,
+        reserved: Amount,
+        /// The transfer's reference, for the statement.
+        reference: Option<Reference>,
+    },
+    /// A pending transfer was voided or expired: its `amount` is no longer reserved.
+    PendingDebitReleased {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        amount: Amount,
+    },
+    /// A pending transfer was voided or expired: its `amount` will not arrive.
+    PendingCreditReleased {
+        account_id: AccountId,
+        transfer_id: TransferId,
+        amount: Amount,
+    },
 }
 
 /// Something that happened to a transfer, in the stream `transfer-<uuid>`.
@@ -117,6 +192,31 @@ pub enum TransferEvent {
         amount: Amount,
         currency: Currency,
         reference: Option<Reference>,
+    },
+    /// A two-phase transfer reserved `amount` (in the same append as its
+    /// `TransferDebitReserved` and `TransferCreditReserved`). `expires_at`: when the
+    /// system voids it if it is still pending (RFC 3339, UTC), `None` for never.
+    TransferPending {
+        transfer_id: TransferId,
+        from_account_id: AccountId,
+        to_account_id: AccountId,
+        amount: Amount,
+        currency: Currency,
+        reference: Option<Reference>,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// The pending transfer moved `posted_amount` (at most its amount; the rest was
+    /// released).
+    TransferPosted {
+        transfer_id: TransferId,
+        posted_amount: Amount,
+    },
+    /// The pending transfer was released whole: by a client (`expired: false`) or by
+    /// the system at `expires_at` (`expired: true`).
+    TransferVoided {
+        transfer_id: TransferId,
+        reason: Option<Reason>,
+        expired: bool,
     },
 }
 
@@ -198,6 +298,20 @@ impl ToStored for SealedOwner {
     }
 }
 
+impl ToStored for DateTime<Utc> {
+    fn to_stored(&self) -> Value {
+        // Serde's own form (RFC 3339, `Z`, as many fraction digits as needed), so that
+        // reading it back gives the same instant.
+        Value::String(self.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+impl ToStored for bool {
+    fn to_stored(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
 impl<T: ToStored> ToStored for Option<T> {
     fn to_stored(&self) -> Value {
         self.as_ref().map_or(Value::Null, ToStored::to_stored)
@@ -226,6 +340,12 @@ impl AccountEvent {
             AccountEvent::AccountUnfrozen { .. } => ACCOUNT_UNFROZEN,
             AccountEvent::AccountClosed { .. } => ACCOUNT_CLOSED,
             AccountEvent::PersonalDataErased { .. } => PERSONAL_DATA_ERASED,
+            AccountEvent::TransferDebitReserved { .. } => TRANSFER_DEBIT_RESERVED,
+            AccountEvent::TransferCreditReserved { .. } => TRANSFER_CREDIT_RESERVED,
+            AccountEvent::PendingDebitPosted { .. } => PENDING_DEBIT_POSTED,
+            AccountEvent::PendingCreditPosted { .. } => PENDING_CREDIT_POSTED,
+            AccountEvent::PendingDebitReleased { .. } => PENDING_DEBIT_RELEASED,
+            AccountEvent::PendingCreditReleased { .. } => PENDING_CREDIT_RELEASED,
         }
     }
 
@@ -240,7 +360,13 @@ impl AccountEvent {
             | AccountEvent::AccountFrozen { account_id, .. }
             | AccountEvent::AccountUnfrozen { account_id, .. }
             | AccountEvent::AccountClosed { account_id, .. }
-            | AccountEvent::PersonalDataErased { account_id } => *account_id,
+            | AccountEvent::PersonalDataErased { account_id }
+            | AccountEvent::TransferDebitReserved { account_id, .. }
+            | AccountEvent::TransferCreditReserved { account_id, .. }
+            | AccountEvent::PendingDebitPosted { account_id, .. }
+            | AccountEvent::PendingCreditPosted { account_id, .. }
+            | AccountEvent::PendingDebitReleased { account_id, .. }
+            | AccountEvent::PendingCreditReleased { account_id, .. } => *account_id,
         }
     }
 
@@ -283,6 +409,13 @@ impl AccountEvent {
                 to_account_id,
                 amount,
                 reference,
+            }
+            | AccountEvent::TransferDebitReserved {
+                account_id,
+                transfer_id,
+                to_account_id,
+                amount,
+                reference,
             } => object([
                 ("account_id", account_id.to_stored()),
                 ("transfer_id", transfer_id.to_stored()),
@@ -291,6 +424,13 @@ impl AccountEvent {
                 ("reference", reference.to_stored()),
             ]),
             AccountEvent::TransferCredited {
+                account_id,
+                transfer_id,
+                from_account_id,
+                amount,
+                reference,
+            }
+            | AccountEvent::TransferCreditReserved {
                 account_id,
                 transfer_id,
                 from_account_id,
@@ -312,6 +452,50 @@ impl AccountEvent {
             AccountEvent::PersonalDataErased { account_id } => {
                 object([("account_id", account_id.to_stored())])
             }
+            AccountEvent::PendingDebitPosted {
+                account_id,
+                transfer_id,
+                to_account_id,
+                amount,
+                reserved,
+                reference,
+            } => object([
+                ("account_id", account_id.to_stored()),
+                ("transfer_id", transfer_id.to_stored()),
+                ("to_account_id", to_account_id.to_stored()),
+                ("amount", amount.to_stored()),
+                ("reserved", reserved.to_stored()),
+                ("reference", reference.to_stored()),
+            ]),
+            AccountEvent::PendingCreditPosted {
+                account_id,
+                transfer_id,
+                from_account_id,
+                amount,
+                reserved,
+                reference,
+            } => object([
+                ("account_id", account_id.to_stored()),
+                ("transfer_id", transfer_id.to_stored()),
+                ("from_account_id", from_account_id.to_stored()),
+                ("amount", amount.to_stored()),
+                ("reserved", reserved.to_stored()),
+                ("reference", reference.to_stored()),
+            ]),
+            AccountEvent::PendingDebitReleased {
+                account_id,
+                transfer_id,
+                amount,
+            }
+            | AccountEvent::PendingCreditReleased {
+                account_id,
+                transfer_id,
+                amount,
+            } => object([
+                ("account_id", account_id.to_stored()),
+                ("transfer_id", transfer_id.to_stored()),
+                ("amount", amount.to_stored()),
+            ]),
         };
         stored(self.event_type(), data)
     }
@@ -322,13 +506,19 @@ impl TransferEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             TransferEvent::TransferExecuted { .. } => TRANSFER_EXECUTED,
+            TransferEvent::TransferPending { .. } => TRANSFER_PENDING,
+            TransferEvent::TransferPosted { .. } => TRANSFER_POSTED,
+            TransferEvent::TransferVoided { .. } => TRANSFER_VOIDED,
         }
     }
 
     /// The transfer whose stream holds this event.
     pub fn transfer_id(&self) -> TransferId {
         match self {
-            TransferEvent::TransferExecuted { transfer_id, .. } => *transfer_id,
+            TransferEvent::TransferExecuted { transfer_id, .. }
+            | TransferEvent::TransferPending { transfer_id, .. }
+            | TransferEvent::TransferPosted { transfer_id, .. }
+            | TransferEvent::TransferVoided { transfer_id, .. } => *transfer_id,
         }
     }
 
@@ -354,6 +544,39 @@ impl TransferEvent {
                 ("amount", amount.to_stored()),
                 ("currency", currency.to_stored()),
                 ("reference", reference.to_stored()),
+            ]),
+            TransferEvent::TransferPending {
+                transfer_id,
+                from_account_id,
+                to_account_id,
+                amount,
+                currency,
+                reference,
+                expires_at,
+            } => object([
+                ("transfer_id", transfer_id.to_stored()),
+                ("from_account_id", from_account_id.to_stored()),
+                ("to_account_id", to_account_id.to_stored()),
+                ("amount", amount.to_stored()),
+                ("currency", currency.to_stored()),
+                ("reference", reference.to_stored()),
+                ("expires_at", expires_at.to_stored()),
+            ]),
+            TransferEvent::TransferPosted {
+                transfer_id,
+                posted_amount,
+            } => object([
+                ("transfer_id", transfer_id.to_stored()),
+                ("posted_amount", posted_amount.to_stored()),
+            ]),
+            TransferEvent::TransferVoided {
+                transfer_id,
+                reason,
+                expired,
+            } => object([
+                ("transfer_id", transfer_id.to_stored()),
+                ("reason", reason.to_stored()),
+                ("expired", expired.to_stored()),
             ]),
         };
         stored(self.event_type(), data)
@@ -535,6 +758,91 @@ pub(crate) mod tests {
             .into(),
             AccountEvent::PersonalDataErased {
                 account_id: account(1),
+            }
+            .into(),
+            AccountEvent::TransferDebitReserved {
+                account_id: account(1),
+                transfer_id: transfer,
+                to_account_id: account(2),
+                amount: amount(9),
+                reference: reference.clone(),
+            }
+            .into(),
+            AccountEvent::TransferCreditReserved {
+                account_id: account(2),
+                transfer_id: transfer,
+                from_account_id: account(1),
+                amount: amount(9),
+                reference: None,
+            }
+            .into(),
+            AccountEvent::PendingDebitPosted {
+                account_id: account(1),
+                transfer_id: transfer,
+                to_account_id: account(2),
+                amount: amount(4),
+                reserved: amount(9),
+                reference: reference.clone(),
+            }
+            .into(),
+            AccountEvent::PendingCreditPosted {
+                account_id: account(2),
+                transfer_id: transfer,
+                from_account_id: account(1),
+                amount: amount(4),
+                reserved: amount(9),
+                reference: None,
+            }
+            .into(),
+            AccountEvent::PendingDebitReleased {
+                account_id: account(1),
+                transfer_id: transfer,
+                amount: amount(9),
+            }
+            .into(),
+            AccountEvent::PendingCreditReleased {
+                account_id: account(2),
+                transfer_id: transfer,
+                amount: amount(9),
+            }
+            .into(),
+            TransferEvent::TransferPending {
+                transfer_id: transfer,
+                from_account_id: account(1),
+                to_account_id: account(2),
+                amount: amount(9),
+                currency: eur(),
+                reference: reference.clone(),
+                expires_at: DateTime::parse_from_rfc3339("2026-11-30T18:00:00.123456Z")
+                    .ok()
+                    .map(|at| at.with_timezone(&Utc)),
+            }
+            .into(),
+            TransferEvent::TransferPending {
+                transfer_id: transfer,
+                from_account_id: account(1),
+                to_account_id: account(2),
+                amount: amount(9),
+                currency: eur(),
+                reference: None,
+                expires_at: None,
+            }
+            .into(),
+            TransferEvent::TransferPosted {
+                transfer_id: transfer,
+                posted_amount: amount(4),
+            }
+            .into(),
+            TransferEvent::TransferVoided {
+                transfer_id: transfer,
+                reason: Some(Reason::parse("customer cancelled").expect("valid reason")),
+                expired: false,
+            }
+            .into(),
+            TransferEvent::TransferVoided {
+                transfer_id: transfer,
+                reason: None,
+                expired: true,
             }
             .into(),
             TransferEvent::TransferExecuted {

@@ -19,8 +19,8 @@
 //!   sealed outside the domain with a key the domain never sees.
 //! - [`account`]: the account aggregate ([`Account`], [`AccountCommand`],
 //!   [`AccountStatus`]) with its rules.
-//! - [`transfer`]: moving money between two accounts ([`decide_transfer`],
-//!   [`Transfer`]).
+//! - [`transfer`]: moving money between two accounts, at once or in two phases
+//!   ([`decide_transfer`], [`decide_settle`], [`Transfer`]).
 //! - [`event`]: the events ([`AccountEvent`], [`TransferEvent`], [`LedgerEvent`]) and
 //!   their stored form ([`EventData`]).
 //! - [`upcast`]: schema versions of stored events and the upgrades from old ones.
@@ -45,4 +45,7 @@ pub use money::{Amount, Balance, Currency, OverdraftLimit};
 pub use owner::{Email, Owner, OwnerName};
 pub use sealed::{SealedOwner, SealedText};
 pub use text::{Reason, Reference};
-pub use transfer::{Transfer, TransferCommand, TransferDecision, decide_transfer};
+pub use transfer::{
+    PendingTerms, SettleAction, SettleCommand, Transfer, TransferCommand, TransferDecision, TransferStatus,
+    decide_settle, decide_transfer,
+};

@@ -6,12 +6,19 @@
 //! sequence, the ledger must add up: each balance is the sum of its accepted movements,
 //! no balance goes below its overdraft floor, folding the stored events gives the state
 //! kept along the way, and transfers neither create nor destroy money.
+//!
+//! Pending transfers join in: they reserve, and are posted (in full or in part), voided
+//! or expired at a random time. Reservations count as well: no available balance goes
+//! below its floor, what the accounts hold as pending debits and credits is what the
+//! pending transfers reserved, and each transfer stream folds to the state kept.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use domain::{
     Account, AccountCommand, AccountEvent, AccountId, AccountStatus, Amount, Currency, DomainError,
-    LedgerEvent, OverdraftLimit, Reference, SealedOwner, SealedText, Transfer, TransferCommand, TransferId,
+    LedgerEvent, OverdraftLimit, PendingTerms, Reference, SealedOwner, SealedText, SettleAction,
+    SettleCommand, Transfer, TransferCommand, TransferEvent, TransferId, TransferStatus, decide_settle,
     decide_transfer,
 };
 use proptest::prelude::*;
@@ -46,6 +53,22 @@ enum Op {
         amount: Amount,
         id: u128,
     },
+    /// A pending transfer expiring `expires_in` ticks from now (`None`: never).
+    Pending {
+        from: usize,
+        to: usize,
+        amount: Amount,
+        id: u128,
+        expires_in: Option<i64>,
+    },
+    Post {
+        id: u128,
+        amount: Option<Amount>,
+    },
+    Void(u128),
+    Expire(u128),
+    /// The clock moves on by this many ticks.
+    Tick(i64),
     Freeze(usize),
     Unfreeze(usize),
     Close(usize),
@@ -79,6 +102,13 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot(), amount()).prop_map(|(i, a)| Op::Withdraw(i, a)),
         6 => (slot(), slot(), amount(), 0..TRANSFER_ID_SLOTS)
             .prop_map(|(from, to, amount, id)| Op::Transfer { from, to, amount, id }),
+        4 => (slot(), slot(), amount(), 0..TRANSFER_ID_SLOTS, proptest::option::of(1..20_i64))
+            .prop_map(|(from, to, amount, id, expires_in)| Op::Pending { from, to, amount, id, expires_in }),
+        3 => (0..TRANSFER_ID_SLOTS, proptest::option::of(amount()))
+            .prop_map(|(id, amount)| Op::Post { id, amount }),
+        2 => (0..TRANSFER_ID_SLOTS).prop_map(Op::Void),
+        2 => (0..TRANSFER_ID_SLOTS).prop_map(Op::Expire),
+        2 => (1..10_i64).prop_map(Op::Tick),
         1 => slot().prop_map(Op::Freeze),
         1 => slot().prop_map(Op::Unfreeze),
         1 => slot().prop_map(Op::Close),
@@ -97,6 +127,10 @@ struct World {
     /// Every event appended to each account's stream.
     streams: Vec<Vec<AccountEvent>>,
     transfers: HashMap<TransferId, Transfer>,
+    /// Every event appended to each transfer's stream.
+    transfer_streams: HashMap<TransferId, Vec<TransferEvent>>,
+    /// The clock commands are decided at, in ticks (seconds) from an arbitrary start.
+    now: i64,
     /// Per account: deposits and incoming transfers minus withdrawals and outgoing ones,
     /// from the accepted commands (not from the events), in i128 so it cannot overflow.
     movements: Vec<i128>,
@@ -110,6 +144,8 @@ impl World {
             states: vec![None; ACCOUNT_SLOTS],
             streams: vec![Vec::new(); ACCOUNT_SLOTS],
             transfers: HashMap::new(),
+            transfer_streams: HashMap::new(),
+            now: 0,
             movements: vec![0; ACCOUNT_SLOTS],
             deposited: 0,
             withdrawn: 0,
@@ -165,6 +201,7 @@ impl World {
             to: account_id(to),
             amount,
             reference: Some(Reference::parse("property").expect("valid reference")),
+            pending: None,
         };
         let decision = decide_transfer(
             self.transfers.get(&id),
@@ -181,10 +218,104 @@ impl World {
         };
         self.append(from, std::slice::from_ref(&decision.debit));
         self.append(to, std::slice::from_ref(&decision.credit));
-        let transfer = Transfer::evolve(None, &decision.executed).expect("a new transfer executes");
-        self.transfers.insert(id, transfer);
+        self.append_transfer(id, decision.transfer);
         self.movements[from] -= i128::from(amount.get());
         self.movements[to] += i128::from(amount.get());
+    }
+
+    fn clock(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + self.now, 0).expect("a valid instant")
+    }
+
+    fn append_transfer(&mut self, id: TransferId, event: TransferEvent) {
+        let state = self.transfers.remove(&id);
+        let transfer = Transfer::evolve(state, &event).expect("decided transfer events always evolve");
+        self.transfers.insert(id, transfer);
+        self.transfer_streams.entry(id).or_default().push(event);
+    }
+
+    fn pending(&mut self, from: usize, to: usize, amount: Amount, id: u128, expires_in: Option<i64>) {
+        let id = TransferId::from(Uuid::from_u128(id));
+        let expires_at = expires_in.map(|ticks| {
+            DateTime::from_timestamp(1_800_000_000 + self.now + ticks, 0).expect("a valid instant")
+        });
+        let command = TransferCommand {
+            id,
+            from: account_id(from),
+            to: account_id(to),
+            amount,
+            reference: None,
+            pending: Some(PendingTerms { expires_at }),
+        };
+        let decided = decide_transfer(
+            self.transfers.get(&id),
+            self.states[from].as_ref(),
+            self.states[to].as_ref(),
+            command,
+        );
+        match decided {
+            Ok(decision) => {
+                self.append(from, std::slice::from_ref(&decision.debit));
+                self.append(to, std::slice::from_ref(&decision.credit));
+                self.append_transfer(id, decision.transfer);
+            }
+            Err(error) => check_transfer_refusal(&error, self, from, to, id),
+        }
+    }
+
+    fn settle(&mut self, id: u128, action: SettleAction) {
+        let id = TransferId::from(Uuid::from_u128(id));
+        let existing = self.transfers.get(&id).cloned();
+        let slots = existing.as_ref().map(|transfer| {
+            let slot = |account: AccountId| (0..ACCOUNT_SLOTS).find(|slot| account_id(*slot) == account);
+            (slot(transfer.from), slot(transfer.to))
+        });
+        let (from, to) = match slots {
+            Some((Some(from), Some(to))) => (Some(from), Some(to)),
+            _ => (None, None),
+        };
+        let command = SettleCommand {
+            transfer_id: id,
+            action,
+            now: self.clock(),
+        };
+        let decided = decide_settle(
+            existing.as_ref(),
+            from.and_then(|slot| self.states[slot].as_ref()),
+            to.and_then(|slot| self.states[slot].as_ref()),
+            command,
+        );
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(error) => {
+                match (&error, &existing) {
+                    (DomainError::TransferNotFound { .. }, None) => {}
+                    (DomainError::TransferNotFound { .. }, Some(_)) => panic!("{error}: but it exists"),
+                    (DomainError::TransferNotPending { .. }, Some(transfer)) => {
+                        assert!(matches!(
+                            transfer.status,
+                            TransferStatus::Posted | TransferStatus::Voided
+                        ));
+                    }
+                    (DomainError::TransferExpired { .. }, Some(transfer)) => assert!(
+                        transfer.status == TransferStatus::Expired
+                            || transfer.expires_at.is_some_and(|at| at <= self.clock())
+                    ),
+                    _ => {}
+                }
+                return;
+            }
+        };
+        let (Some(from), Some(to)) = (from, to) else {
+            panic!("a settled transfer names accounts of the world");
+        };
+        if let AccountEvent::PendingDebitPosted { amount, .. } = &decision.debit {
+            self.movements[from] -= i128::from(amount.get());
+            self.movements[to] += i128::from(amount.get());
+        }
+        self.append(from, std::slice::from_ref(&decision.debit));
+        self.append(to, std::slice::from_ref(&decision.credit));
+        self.append_transfer(id, decision.transfer);
     }
 
     fn apply(&mut self, op: Op) {
@@ -204,6 +335,17 @@ impl World {
                 },
             ),
             Op::Transfer { from, to, amount, id } => self.transfer(from, to, amount, id),
+            Op::Pending {
+                from,
+                to,
+                amount,
+                id,
+                expires_in,
+            } => self.pending(from, to, amount, id, expires_in),
+            Op::Post { id, amount } => self.settle(id, SettleAction::Post { amount }),
+            Op::Void(id) => self.settle(id, SettleAction::Void { reason: None }),
+            Op::Expire(id) => self.settle(id, SettleAction::Expire),
+            Op::Tick(ticks) => self.now += ticks,
             Op::Freeze(slot) => self.account_command(slot, AccountCommand::Freeze { reason: None }),
             Op::Unfreeze(slot) => self.account_command(slot, AccountCommand::Unfreeze { reason: None }),
             Op::Close(slot) => self.account_command(slot, AccountCommand::Close { reason: None }),
@@ -241,10 +383,35 @@ fn check_invariants(world: &World) -> Result<(), TestCaseError> {
             account.balance,
             account.overdraft_limit
         );
+        // Nor is any available balance: reservations can always be posted.
+        prop_assert!(
+            i128::from(account.available_balance()) >= i128::from(account.overdraft_limit.floor().get()),
+            "available balance {} below -{}",
+            account.available_balance(),
+            account.overdraft_limit
+        );
+        prop_assert!(account.pending_debits.get() >= 0 && account.pending_credits.get() >= 0);
         // A closed account closed at zero and has not moved since.
         if account.status == AccountStatus::Closed {
             prop_assert!(account.balance.is_zero());
+            prop_assert!(account.pending_debits.is_zero() && account.pending_credits.is_zero());
         }
+    }
+    // What the accounts hold as pending is exactly what the pending transfers reserved.
+    for slot in 0..ACCOUNT_SLOTS {
+        let Some(account) = &world.states[slot] else {
+            continue;
+        };
+        let reserved = |side: fn(&Transfer) -> AccountId| -> i128 {
+            world
+                .transfers
+                .values()
+                .filter(|t| t.status == TransferStatus::Pending && side(t) == account.id)
+                .map(|t| i128::from(t.amount.get()))
+                .sum()
+        };
+        prop_assert_eq!(i128::from(account.pending_debits.get()), reserved(|t| t.from));
+        prop_assert_eq!(i128::from(account.pending_credits.get()), reserved(|t| t.to));
     }
     Ok(())
 }
@@ -285,8 +452,25 @@ proptest! {
             }
             prop_assert_eq!(Account::fold(&reread), Ok(kept.clone()));
         }
-        // (4) Total money equals deposits minus withdrawals: transfers conserve it.
+        // (4) Total money equals deposits minus withdrawals: transfers conserve it, and
+        // so do reservations (all money reserved is promised to exactly one account).
         prop_assert_eq!(total, world.deposited - world.withdrawn);
+        let pending_out: i128 = world.states.iter().flatten().map(|a| i128::from(a.pending_debits.get())).sum();
+        let pending_in: i128 = world.states.iter().flatten().map(|a| i128::from(a.pending_credits.get())).sum();
+        prop_assert_eq!(pending_out, pending_in);
+        // (5) Every transfer stream, also through its stored form, folds to the state kept.
+        for (id, stream) in &world.transfer_streams {
+            prop_assert_eq!(Transfer::fold(stream), Ok(world.transfers.get(id).cloned()));
+            let mut reread = Vec::new();
+            for event in stream {
+                let stored = event.to_stored();
+                match LedgerEvent::from_stored(stored.event_type, stored.schema_version, stored.data) {
+                    Ok(LedgerEvent::Transfer(event)) => reread.push(event),
+                    other => prop_assert!(false, "stored event did not read back: {:?}", other),
+                }
+            }
+            prop_assert_eq!(Transfer::fold(&reread), Ok(world.transfers.get(id).cloned()));
+        }
         // The never-opened slot stays empty.
         prop_assert!(world.states[OPENED_ACCOUNTS].is_none());
     }

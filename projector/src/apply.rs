@@ -12,7 +12,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::checkpoint;
-use crate::fold::{self, AccountRow, ApplyError, ProjectedEvent, TransactionRow, TransferRow};
+use crate::fold::{self, AccountRow, ApplyError, ProjectedEvent, TransactionRow, TransferRow, TransferRows};
 use crate::lease::Fence;
 use crate::projection::Projection;
 use crate::tables;
@@ -65,15 +65,15 @@ impl BatchError {
 }
 
 /// What folding produced and not yet written: changed account rows, new statement rows,
-/// new transfer rows, plus what the folds need to read (every row a live batch touches;
-/// every row, in a rebuild).
+/// new and settled transfer rows, plus what the folds need to read (every row a live
+/// batch touches; every account row and every pending transfer row, in a rebuild).
 #[derive(Debug, Default)]
 pub struct FoldState {
     pub accounts: HashMap<Uuid, AccountRow>,
     pub changed_accounts: HashSet<Uuid>,
     pub balances: HashMap<Uuid, i64>,
     pub transactions: Vec<TransactionRow>,
-    pub transfers: Vec<TransferRow>,
+    pub transfers: TransferRows,
 }
 
 impl FoldState {
@@ -88,7 +88,7 @@ impl FoldState {
             Projection::AccountTransactions => {
                 fold::fold_transaction(&mut self.balances, event, &mut self.transactions)?;
             }
-            Projection::Transfers => fold::fold_transfer(event, &mut self.transfers),
+            Projection::Transfers => fold::fold_transfer(&mut self.transfers, event)?,
         }
         Ok(())
     }
@@ -116,8 +116,20 @@ impl FoldState {
                 self.transactions.clear();
             }
             Projection::Transfers => {
-                tables::insert_transfers(connection, table, &self.transfers).await?;
-                self.transfers.clear();
+                let transfers = &mut self.transfers;
+                let rows: Vec<&TransferRow> = transfers
+                    .settled
+                    .iter()
+                    .chain(
+                        transfers
+                            .changed
+                            .iter()
+                            .filter_map(|id| transfers.pending.get(id)),
+                    )
+                    .collect();
+                tables::upsert_transfers(connection, table, &rows).await?;
+                transfers.settled.clear();
+                transfers.changed.clear();
             }
         }
         Ok(())
@@ -258,7 +270,13 @@ async fn apply_decoded(
         Projection::AccountTransactions => {
             state.balances = tables::load_balances(&mut transaction, projection.table(), &touched).await?;
         }
-        Projection::Transfers => {}
+        Projection::Transfers => {
+            let settled: Vec<Uuid> = fresh.iter().filter_map(fold::transfer_settled).collect();
+            if !settled.is_empty() {
+                state.transfers.pending =
+                    tables::load_pending_transfers(&mut transaction, projection.table(), &settled).await?;
+            }
+        }
     }
     for (offset, event) in fresh.iter().enumerate() {
         state.apply(projection, event).map_err(|error| Failure::Fold {

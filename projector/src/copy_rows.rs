@@ -81,6 +81,20 @@ impl BinaryRows {
         self.bigint(value.timestamp_micros() - POSTGRES_EPOCH_UNIX_MICROS);
     }
 
+    fn optional_bigint(&mut self, value: Option<i64>) {
+        match value {
+            Some(value) => self.bigint(value),
+            None => self.null(),
+        }
+    }
+
+    fn optional_timestamptz(&mut self, value: Option<DateTime<Utc>>) {
+        match value {
+            Some(value) => self.timestamptz(value),
+            None => self.null(),
+        }
+    }
+
     fn finish(mut self) -> Vec<u8> {
         self.buffer.extend_from_slice(&(-1i16).to_be_bytes());
         self.buffer
@@ -114,7 +128,7 @@ pub async fn copy_accounts<'a>(
     }
     let mut out = BinaryRows::with_capacity(rows.len() * 400);
     for row in rows {
-        out.row(11);
+        out.row(13);
         out.uuid(row.account_id);
         out.optional_text(row.owner_name.as_deref());
         out.optional_text(row.owner_email.as_deref());
@@ -126,12 +140,14 @@ pub async fn copy_accounts<'a>(
         out.timestamptz(row.opened_at);
         out.timestamptz(row.updated_at);
         out.bigint(row.last_position);
+        out.bigint(row.pending_debits);
+        out.bigint(row.pending_credits);
     }
     copy_in(
         connection,
         table,
         "account_id, owner_name, owner_email, currency, balance, overdraft_limit, status, version, \
-         opened_at, updated_at, last_position",
+         opened_at, updated_at, last_position, pending_debits, pending_credits",
         out.finish(),
     )
     .await
@@ -169,18 +185,18 @@ pub async fn copy_transactions(
     .await
 }
 
-/// Appends transfer rows to `table`.
-pub async fn copy_transfers(
+/// Appends transfer rows to `table`, which must not hold any of them yet.
+pub async fn copy_transfers<'a>(
     connection: &mut PgConnection,
     table: &str,
-    rows: &[TransferRow],
+    rows: impl ExactSizeIterator<Item = &'a TransferRow>,
 ) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
+    if rows.len() == 0 {
         return Ok(());
     }
-    let mut out = BinaryRows::with_capacity(rows.len() * 140);
+    let mut out = BinaryRows::with_capacity(rows.len() * 170);
     for row in rows {
-        out.row(8);
+        out.row(11);
         out.uuid(row.transfer_id);
         out.uuid(row.from_account_id);
         out.uuid(row.to_account_id);
@@ -189,11 +205,15 @@ pub async fn copy_transfers(
         out.optional_text(row.reference.as_deref());
         out.timestamptz(row.recorded_at);
         out.bigint(row.position);
+        out.text(&row.status);
+        out.optional_bigint(row.posted_amount);
+        out.optional_timestamptz(row.expires_at);
     }
     copy_in(
         connection,
         table,
-        "transfer_id, from_account_id, to_account_id, amount, currency, reference, recorded_at, position",
+        "transfer_id, from_account_id, to_account_id, amount, currency, reference, recorded_at, position, \
+         status, posted_amount, expires_at",
         out.finish(),
     )
     .await

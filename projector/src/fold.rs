@@ -107,6 +107,10 @@ pub struct AccountRow {
     pub opened_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_position: i64,
+    /// What pending transfers out of the account reserved, minor units.
+    pub pending_debits: i64,
+    /// What pending transfers into the account may bring, minor units.
+    pub pending_credits: i64,
 }
 
 /// A row of `read_model.account_transactions`.
@@ -123,8 +127,10 @@ pub struct TransactionRow {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// A row of `read_model.transfers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A row of `read_model.transfers`. `recorded_at` and `position` are those of the
+/// transfer's first event (`TransferExecuted` or `TransferPending`): a post or void
+/// changes `status` and `posted_amount` only.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TransferRow {
     pub transfer_id: Uuid,
     pub from_account_id: Uuid,
@@ -134,6 +140,23 @@ pub struct TransferRow {
     pub reference: Option<String>,
     pub recorded_at: DateTime<Utc>,
     pub position: i64,
+    /// `pending`, `posted`, `voided` or `expired`.
+    pub status: String,
+    /// What moved; `None` while pending and once voided or expired.
+    pub posted_amount: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The transfer rows a projection holds while folding.
+#[derive(Debug, Default)]
+pub struct TransferRows {
+    /// Pending transfers: the only rows a later event changes. A live batch loads the
+    /// ones its events settle; a rebuild keeps all of them until it ends.
+    pub pending: HashMap<Uuid, TransferRow>,
+    /// Ids in `pending` whose row is not written yet.
+    pub changed: std::collections::HashSet<Uuid>,
+    /// Rows that will not change again (posted, voided, expired), not written yet.
+    pub settled: Vec<TransferRow>,
 }
 
 /// The account ids whose rows `event` changes in `accounts` or `account_transactions`.
@@ -184,6 +207,8 @@ pub fn fold_account(
                 opened_at: event.recorded_at,
                 updated_at: event.recorded_at,
                 last_position: event.position,
+                pending_debits: 0,
+                pending_credits: 0,
             },
         );
         return Ok(Some(account_id));
@@ -216,6 +241,32 @@ pub fn fold_account(
             row.owner_name = None;
             row.owner_email = None;
         }
+        AccountEvent::TransferDebitReserved { amount, .. } => {
+            row.pending_debits = row
+                .pending_debits
+                .checked_add(amount.get())
+                .ok_or_else(overflow)?;
+        }
+        AccountEvent::TransferCreditReserved { amount, .. } => {
+            row.pending_credits = row
+                .pending_credits
+                .checked_add(amount.get())
+                .ok_or_else(overflow)?;
+        }
+        AccountEvent::PendingDebitPosted { amount, reserved, .. } => {
+            row.pending_debits = released(event, row.pending_debits, reserved.get())?;
+            row.balance = row.balance.checked_sub(amount.get()).ok_or_else(overflow)?;
+        }
+        AccountEvent::PendingCreditPosted { amount, reserved, .. } => {
+            row.pending_credits = released(event, row.pending_credits, reserved.get())?;
+            row.balance = row.balance.checked_add(amount.get()).ok_or_else(overflow)?;
+        }
+        AccountEvent::PendingDebitReleased { amount, .. } => {
+            row.pending_debits = released(event, row.pending_debits, amount.get())?;
+        }
+        AccountEvent::PendingCreditReleased { amount, .. } => {
+            row.pending_credits = released(event, row.pending_credits, amount.get())?;
+        }
     }
     row.version = event.stream_version;
     row.updated_at = event.recorded_at;
@@ -223,7 +274,17 @@ pub fn fold_account(
     Ok(Some(account_id))
 }
 
+/// A pending amount after `reserved` of it stops being pending; never below zero.
+fn released(event: &ProjectedEvent, pending: i64, reserved: i64) -> Result<i64, ApplyError> {
+    pending
+        .checked_sub(reserved)
+        .filter(|after| *after >= 0)
+        .ok_or_else(|| inconsistent(event, "more is released than is pending"))
+}
+
 /// Applies `event` to the statement: appends a row to `rows` for a money movement.
+/// Reservations and releases move no money and have no row; a posted pending transfer
+/// is a `transfer_out`/`transfer_in` of the posted amount.
 /// `balances` holds the balance after the latest statement row of each account the
 /// event names (absent: no row yet, balance 0).
 pub fn fold_transaction(
@@ -255,7 +316,35 @@ pub fn fold_transaction(
             Some(from_account_id.as_uuid()),
             true,
         ),
+        AccountEvent::PendingCreditPosted {
+            amount,
+            reference,
+            transfer_id,
+            from_account_id,
+            ..
+        } => (
+            "transfer_in",
+            amount,
+            reference,
+            Some(transfer_id.as_uuid()),
+            Some(from_account_id.as_uuid()),
+            true,
+        ),
         AccountEvent::TransferDebited {
+            amount,
+            reference,
+            transfer_id,
+            to_account_id,
+            ..
+        } => (
+            "transfer_out",
+            amount,
+            reference,
+            Some(transfer_id.as_uuid()),
+            Some(to_account_id.as_uuid()),
+            false,
+        ),
+        AccountEvent::PendingDebitPosted {
             amount,
             reference,
             transfer_id,
@@ -293,29 +382,117 @@ pub fn fold_transaction(
     Ok(())
 }
 
-/// Applies `event` to the transfers: appends a row for an executed transfer.
-pub fn fold_transfer(event: &ProjectedEvent, rows: &mut Vec<TransferRow>) {
-    let LedgerEvent::Transfer(TransferEvent::TransferExecuted {
-        transfer_id,
-        from_account_id,
-        to_account_id,
-        amount,
-        currency,
-        reference,
-    }) = &event.event
-    else {
-        return;
+/// The transfer ids whose pending row `event` settles (a live batch loads those rows).
+pub fn transfer_settled(event: &ProjectedEvent) -> Option<Uuid> {
+    match &event.event {
+        LedgerEvent::Transfer(
+            TransferEvent::TransferPosted { transfer_id, .. }
+            | TransferEvent::TransferVoided { transfer_id, .. },
+        ) => Some(transfer_id.as_uuid()),
+        _ => None,
+    }
+}
+
+/// Applies `event` to the transfer rows: a new row for an executed (posted) or pending
+/// transfer; a post or void settles its pending row, which `rows.pending` must hold.
+pub fn fold_transfer(rows: &mut TransferRows, event: &ProjectedEvent) -> Result<(), ApplyError> {
+    let LedgerEvent::Transfer(transfer_event) = &event.event else {
+        return Ok(());
     };
-    rows.push(TransferRow {
+    let row = |transfer_id: &domain::TransferId,
+               from: &domain::AccountId,
+               to: &domain::AccountId,
+               amount: &domain::Amount,
+               currency: &domain::Currency,
+               reference: &Option<domain::Reference>| TransferRow {
         transfer_id: transfer_id.as_uuid(),
-        from_account_id: from_account_id.as_uuid(),
-        to_account_id: to_account_id.as_uuid(),
+        from_account_id: from.as_uuid(),
+        to_account_id: to.as_uuid(),
         amount: amount.get(),
         currency: currency.as_str().to_owned(),
         reference: reference.as_ref().map(|reference| reference.as_str().to_owned()),
         recorded_at: event.recorded_at,
         position: event.position,
-    });
+        status: "posted".to_owned(),
+        posted_amount: Some(amount.get()),
+        expires_at: None,
+    };
+    match transfer_event {
+        TransferEvent::TransferExecuted {
+            transfer_id,
+            from_account_id,
+            to_account_id,
+            amount,
+            currency,
+            reference,
+        } => {
+            rows.settled.push(row(
+                transfer_id,
+                from_account_id,
+                to_account_id,
+                amount,
+                currency,
+                reference,
+            ));
+        }
+        TransferEvent::TransferPending {
+            transfer_id,
+            from_account_id,
+            to_account_id,
+            amount,
+            currency,
+            reference,
+            expires_at,
+        } => {
+            let id = transfer_id.as_uuid();
+            if rows.pending.contains_key(&id) {
+                return Err(inconsistent(event, "the transfer is already pending"));
+            }
+            let pending = TransferRow {
+                status: "pending".to_owned(),
+                posted_amount: None,
+                expires_at: *expires_at,
+                ..row(
+                    transfer_id,
+                    from_account_id,
+                    to_account_id,
+                    amount,
+                    currency,
+                    reference,
+                )
+            };
+            rows.pending.insert(id, pending);
+            rows.changed.insert(id);
+        }
+        TransferEvent::TransferPosted {
+            transfer_id,
+            posted_amount,
+        } => {
+            let mut settled = take_pending(rows, event, transfer_id.as_uuid())?;
+            settled.status = "posted".to_owned();
+            settled.posted_amount = Some(posted_amount.get());
+            rows.settled.push(settled);
+        }
+        TransferEvent::TransferVoided {
+            transfer_id, expired, ..
+        } => {
+            let mut settled = take_pending(rows, event, transfer_id.as_uuid())?;
+            settled.status = if *expired { "expired" } else { "voided" }.to_owned();
+            rows.settled.push(settled);
+        }
+    }
+    Ok(())
+}
+
+fn take_pending(
+    rows: &mut TransferRows,
+    event: &ProjectedEvent,
+    id: Uuid,
+) -> Result<TransferRow, ApplyError> {
+    rows.changed.remove(&id);
+    rows.pending
+        .remove(&id)
+        .ok_or_else(|| inconsistent(event, "the transfer is not pending"))
 }
 
 #[cfg(test)]

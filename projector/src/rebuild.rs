@@ -226,6 +226,13 @@ impl RebuildLease {
             copy_rows::copy_accounts(&mut connection, &table, state.accounts.values()).await?;
             state.changed_accounts.clear();
         }
+        if projections.contains(&Projection::Transfers) {
+            // Still pending at the end of the replay: written once, and kept in the
+            // state, where the catch-up below may still settle them (an upsert then).
+            let table = rebuild_table(Projection::Transfers);
+            copy_rows::copy_transfers(&mut connection, &table, state.transfers.pending.values()).await?;
+            state.transfers.changed.clear();
+        }
         for projection in projections {
             index_like_live(&mut connection, *projection).await?;
         }
@@ -265,7 +272,8 @@ fn rebuild_table(projection: Projection) -> String {
     format!("{}{REBUILD_SUFFIX}", projection.table())
 }
 
-/// Statement and transfer rows of one chunk, on their way to the writer.
+/// Statement rows and settled transfer rows of one chunk, on their way to the writer
+/// (pending transfer rows are held until the replay ends: a later event may settle them).
 struct RowBatch {
     transactions: Vec<TransactionRow>,
     transfers: Vec<TransferRow>,
@@ -291,7 +299,7 @@ async fn write_batches(
     let transfers = rebuild_table(Projection::Transfers);
     while let Some(batch) = batches.recv().await {
         copy_rows::copy_transactions(&mut connection, &transactions, &batch.transactions).await?;
-        copy_rows::copy_transfers(&mut connection, &transfers, &batch.transfers).await?;
+        copy_rows::copy_transfers(&mut connection, &transfers, batch.transfers.iter()).await?;
     }
     Ok(connection)
 }
@@ -477,7 +485,7 @@ async fn replay(
             Sink::Copy(rows) => {
                 let batch = RowBatch {
                     transactions: std::mem::take(&mut state.transactions),
-                    transfers: std::mem::take(&mut state.transfers),
+                    transfers: std::mem::take(&mut state.transfers.settled),
                 };
                 rows.send(batch).await.map_err(|_| RebuildError::WriterGone)?;
             }

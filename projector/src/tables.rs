@@ -26,7 +26,8 @@ pub async fn load_accounts(
 ) -> Result<HashMap<Uuid, AccountRow>, sqlx::Error> {
     let rows: Vec<AccountRow> = sqlx::query_as(&format!(
         "SELECT account_id, owner_name, owner_email, currency, balance, overdraft_limit, status, \
-         version, opened_at, updated_at, last_position FROM {SCHEMA}.{table} WHERE account_id = ANY($1)"
+         version, opened_at, updated_at, last_position, pending_debits, pending_credits \
+         FROM {SCHEMA}.{table} WHERE account_id = ANY($1)"
     ))
     .bind(ids)
     .fetch_all(&mut *connection)
@@ -70,6 +71,8 @@ pub async fn upsert_accounts(
         let mut opened_at: Vec<DateTime<Utc>> = Vec::with_capacity(chunk.len());
         let mut updated_at: Vec<DateTime<Utc>> = Vec::with_capacity(chunk.len());
         let mut last_position = Vec::with_capacity(chunk.len());
+        let mut pending_debits = Vec::with_capacity(chunk.len());
+        let mut pending_credits = Vec::with_capacity(chunk.len());
         for row in chunk {
             account_id.push(row.account_id);
             owner_name.push(row.owner_name.as_deref());
@@ -82,17 +85,22 @@ pub async fn upsert_accounts(
             opened_at.push(row.opened_at);
             updated_at.push(row.updated_at);
             last_position.push(row.last_position);
+            pending_debits.push(row.pending_debits);
+            pending_credits.push(row.pending_credits);
         }
         sqlx::query(&format!(
             "INSERT INTO {SCHEMA}.{table} (account_id, owner_name, owner_email, currency, balance, \
-                 overdraft_limit, status, version, opened_at, updated_at, last_position) \
+                 overdraft_limit, status, version, opened_at, updated_at, last_position, pending_debits, \
+                 pending_credits) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::bigint[]) \
+                 $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::bigint[], \
+                 $12::bigint[], $13::bigint[]) \
              ON CONFLICT (account_id) DO UPDATE SET owner_name = EXCLUDED.owner_name, \
                  owner_email = EXCLUDED.owner_email, currency = EXCLUDED.currency, \
                  balance = EXCLUDED.balance, overdraft_limit = EXCLUDED.overdraft_limit, \
                  status = EXCLUDED.status, version = EXCLUDED.version, opened_at = EXCLUDED.opened_at, \
-                 updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position"
+                 updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position, \
+                 pending_debits = EXCLUDED.pending_debits, pending_credits = EXCLUDED.pending_credits"
         ))
         .bind(account_id)
         .bind(owner_name)
@@ -105,6 +113,8 @@ pub async fn upsert_accounts(
         .bind(opened_at)
         .bind(updated_at)
         .bind(last_position)
+        .bind(pending_debits)
+        .bind(pending_credits)
         .execute(&mut *connection)
         .await?;
     }
@@ -160,11 +170,31 @@ pub async fn insert_transactions(
     Ok(())
 }
 
-/// Appends transfer rows; a transfer id seen twice is an error, as above.
-pub async fn insert_transfers(
+/// The pending rows among `ids` in the transfers table `table`: what a post or void in
+/// the batch settles.
+pub async fn load_pending_transfers(
     connection: &mut PgConnection,
     table: &str,
-    rows: &[TransferRow],
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, TransferRow>, sqlx::Error> {
+    let rows: Vec<TransferRow> = sqlx::query_as(&format!(
+        "SELECT transfer_id, from_account_id, to_account_id, amount, currency, reference, recorded_at, \
+         position, status, posted_amount, expires_at FROM {SCHEMA}.{table} \
+         WHERE transfer_id = ANY($1) AND status = 'pending'"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.transfer_id, row)).collect())
+}
+
+/// Inserts transfer rows, or replaces them: a pending transfer's row is written again
+/// when it is posted, voided or expired (the checkpoint keeps an event from applying
+/// twice; the fold refuses a second transfer with one id).
+pub async fn upsert_transfers(
+    connection: &mut PgConnection,
+    table: &str,
+    rows: &[&TransferRow],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut transfer_id = Vec::with_capacity(chunk.len());
@@ -175,6 +205,9 @@ pub async fn insert_transfers(
         let mut reference = Vec::with_capacity(chunk.len());
         let mut recorded_at: Vec<DateTime<Utc>> = Vec::with_capacity(chunk.len());
         let mut position = Vec::with_capacity(chunk.len());
+        let mut status = Vec::with_capacity(chunk.len());
+        let mut posted_amount = Vec::with_capacity(chunk.len());
+        let mut expires_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(chunk.len());
         for row in chunk {
             transfer_id.push(row.transfer_id);
             from.push(row.from_account_id);
@@ -184,12 +217,17 @@ pub async fn insert_transfers(
             reference.push(row.reference.as_deref());
             recorded_at.push(row.recorded_at);
             position.push(row.position);
+            status.push(row.status.as_str());
+            posted_amount.push(row.posted_amount);
+            expires_at.push(row.expires_at);
         }
         sqlx::query(&format!(
             "INSERT INTO {SCHEMA}.{table} (transfer_id, from_account_id, to_account_id, amount, \
-                 currency, reference, recorded_at, position) \
+                 currency, reference, recorded_at, position, status, posted_amount, expires_at) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], \
-                 $6::text[], $7::timestamptz[], $8::bigint[])"
+                 $6::text[], $7::timestamptz[], $8::bigint[], $9::text[], $10::bigint[], $11::timestamptz[]) \
+             ON CONFLICT (transfer_id) DO UPDATE SET status = EXCLUDED.status, \
+                 posted_amount = EXCLUDED.posted_amount, expires_at = EXCLUDED.expires_at"
         ))
         .bind(transfer_id)
         .bind(from)
@@ -199,6 +237,9 @@ pub async fn insert_transfers(
         .bind(reference)
         .bind(recorded_at)
         .bind(position)
+        .bind(status)
+        .bind(posted_amount)
+        .bind(expires_at)
         .execute(&mut *connection)
         .await?;
     }

@@ -10,8 +10,8 @@ use async_nats::HeaderMap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use domain::{
-    Account, AccountCommand, AccountId, Amount, Currency, OverdraftLimit, Owner, TransferCommand, TransferId,
-    decide_transfer,
+    Account, AccountCommand, AccountId, Amount, Currency, OverdraftLimit, Owner, PendingTerms, SettleAction,
+    SettleCommand, Transfer, TransferCommand, TransferDecision, TransferId, decide_settle, decide_transfer,
 };
 use event_store::pii::{SEALED_PREFIX, Vault};
 use event_store::relay::{self, RelayConfig};
@@ -102,6 +102,8 @@ fn new_events(events: impl IntoIterator<Item = domain::EventData>, command: &str
 struct Ledger {
     store: EventStore,
     accounts: Vec<(AccountId, Account, u64)>,
+    /// Pending transfers not yet settled, with the index of each side's account.
+    pending: Vec<(Transfer, usize, usize)>,
     /// xorshift state: reproducible and dependency-free.
     random: u64,
 }
@@ -111,6 +113,7 @@ impl Ledger {
         Self {
             store,
             accounts: Vec::new(),
+            pending: Vec::new(),
             random: seed | 1,
         }
     }
@@ -174,12 +177,19 @@ impl Ledger {
     }
 
     async fn transfer(&mut self, from: usize, to: usize, amount: i64) {
+        self.transfer_with(from, to, amount, None).await;
+    }
+
+    /// A transfer, pending (with `pending` terms) or not; a pending one is remembered to
+    /// be settled later.
+    async fn transfer_with(&mut self, from: usize, to: usize, amount: i64, pending: Option<PendingTerms>) {
         let command = TransferCommand {
             id: TransferId::new_v7(),
             from: self.accounts[from].0,
             to: self.accounts[to].0,
             amount: Amount::new(amount).expect("amount"),
             reference: None,
+            pending,
         };
         let transfer_id = command.id;
         let Ok(decision) = decide_transfer(
@@ -190,6 +200,57 @@ impl Ledger {
         ) else {
             return;
         };
+        self.append_decision(from, to, transfer_id, ExpectedVersion::NoStream, &decision)
+            .await;
+        if pending.is_some() {
+            let transfer = Transfer::evolve(None, &decision.transfer).expect("a pending transfer");
+            self.pending.push((transfer, from, to));
+        }
+    }
+
+    /// Posts (all or part), voids or expires the pending transfer at `index`.
+    async fn settle(&mut self, index: usize) {
+        let (transfer, from, to) = self.pending.swap_remove(index);
+        let action = match self.next(4) {
+            0 => SettleAction::Post { amount: None },
+            1 => SettleAction::Post {
+                amount: Amount::new(1 + self.next(transfer.amount.get() as u64) as i64).ok(),
+            },
+            2 => SettleAction::Void { reason: None },
+            _ => SettleAction::Expire,
+        };
+        let command = SettleCommand {
+            transfer_id: transfer.id,
+            action,
+            // Far past any deadline the ledger sets, so an expiry is due.
+            now: chrono::Utc::now() + chrono::Duration::days(365),
+        };
+        let decided = decide_settle(
+            Some(&transfer),
+            Some(&self.accounts[from].1),
+            Some(&self.accounts[to].1),
+            command,
+        );
+        match decided {
+            Ok(decision) => {
+                self.append_decision(from, to, transfer.id, ExpectedVersion::Exact(1), &decision)
+                    .await;
+            }
+            // A post the rules refuse now (a frozen side, an expired transfer): keep it.
+            Err(_) => self.pending.push((transfer, from, to)),
+        }
+    }
+
+    /// Appends one transfer step's three events with the expected versions, and keeps
+    /// the accounts' states.
+    async fn append_decision(
+        &mut self,
+        from: usize,
+        to: usize,
+        transfer_id: TransferId,
+        transfer_expected: ExpectedVersion,
+        decision: &TransferDecision,
+    ) {
         let writes = vec![
             StreamWrite {
                 stream_id: self.accounts[from].0.stream_id(),
@@ -203,8 +264,8 @@ impl Ledger {
             },
             StreamWrite {
                 stream_id: transfer_id.stream_id(),
-                expected: ExpectedVersion::NoStream,
-                events: new_events([decision.executed.to_stored()], "transfer"),
+                expected: transfer_expected,
+                events: new_events([decision.transfer.to_stored()], "transfer"),
             },
         ];
         self.store
@@ -238,10 +299,27 @@ impl Ledger {
                 amount,
                 reference: None,
             },
-            60..=89 => {
+            60..=74 => {
                 let to = self.next(self.accounts.len() as u64) as usize;
                 if to != index {
                     self.transfer(index, to, amount.get()).await;
+                }
+                return;
+            }
+            // More reservations than settlements, so some stay pending for a rebuild.
+            75..=85 => {
+                let to = self.next(self.accounts.len() as u64) as usize;
+                let expires_at = (self.next(2) == 0).then(|| chrono::Utc::now() + chrono::Duration::hours(1));
+                if to != index {
+                    self.transfer_with(index, to, amount.get(), Some(PendingTerms { expires_at }))
+                        .await;
+                }
+                return;
+            }
+            86..=89 => {
+                if !self.pending.is_empty() {
+                    let pending = self.next(self.pending.len() as u64) as usize;
+                    self.settle(pending).await;
                 }
                 return;
             }
@@ -756,6 +834,14 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
     harness.caught_up().await;
     let live = all_rows(&harness.pool).await;
     assert!(live["account_transactions"].len() > 1_000, "the load moved money");
+    for status in ["pending", "posted", "voided", "expired"] {
+        assert!(
+            live["transfers"]
+                .iter()
+                .any(|row| row.contains(&format!(",{status},"))),
+            "the load left a {status} transfer to rebuild"
+        );
+    }
     rebuild::rebuild(&harness.pool, &Projection::ALL)
         .await
         .expect("rebuild");
@@ -810,6 +896,169 @@ async fn rebuild_during_a_stream_of_commands_equals_the_live_tables_row_by_row(
         shape,
         "and the schema is still the migrated one"
     );
+    harness.stop().await;
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn pending_transfers_project_their_reservations_and_settlements_and_rebuild_the_same(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = pool(options, connect).await;
+    let harness = Harness::start(pool, true, Duration::from_secs(10)).await;
+    harness.consumers_ready().await;
+    let mut ledger = Ledger::new(harness.store.clone(), 7);
+    let alice = ledger.open("EUR").await;
+    let bob = ledger.open("EUR").await;
+    ledger
+        .account_command(
+            Some(0),
+            alice,
+            AccountCommand::Deposit {
+                amount: Amount::new(1_000).expect("amount"),
+                reference: None,
+            },
+        )
+        .await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    for amount in [100, 200, 300, 400] {
+        ledger
+            .transfer_with(
+                0,
+                1,
+                amount,
+                Some(PendingTerms {
+                    expires_at: Some(expires_at),
+                }),
+            )
+            .await;
+    }
+    assert_eq!(ledger.pending.len(), 4);
+    let by_amount = |ledger: &Ledger, amount: i64| {
+        ledger
+            .pending
+            .iter()
+            .position(|(transfer, ..)| transfer.amount.get() == amount)
+            .expect("pending transfer")
+    };
+    // Decided before the deadline (a post), or after it (a void, an expiry).
+    let settle = |ledger: &mut Ledger, index: usize, action: SettleAction| {
+        let (transfer, from, to) = ledger.pending.remove(index);
+        let now = match action {
+            SettleAction::Post { .. } => expires_at - chrono::Duration::seconds(1),
+            _ => expires_at + chrono::Duration::seconds(1),
+        };
+        let decision = decide_settle(
+            Some(&transfer),
+            Some(&ledger.accounts[from].1),
+            Some(&ledger.accounts[to].1),
+            SettleCommand {
+                transfer_id: transfer.id,
+                action,
+                now,
+            },
+        )
+        .expect("settles");
+        (transfer.id, from, to, decision)
+    };
+    // 100 is posted in part (40), 200 voided, 300 expired, 400 stays pending.
+    let index = by_amount(&ledger, 100);
+    let (posted, from, to, decision) = settle(
+        &mut ledger,
+        index,
+        SettleAction::Post {
+            amount: Amount::new(40).ok(),
+        },
+    );
+    ledger
+        .append_decision(from, to, posted, ExpectedVersion::Exact(1), &decision)
+        .await;
+    let index = by_amount(&ledger, 200);
+    let (voided, from, to, decision) = settle(&mut ledger, index, SettleAction::Void { reason: None });
+    ledger
+        .append_decision(from, to, voided, ExpectedVersion::Exact(1), &decision)
+        .await;
+    let index = by_amount(&ledger, 300);
+    let (expired, from, to, decision) = settle(&mut ledger, index, SettleAction::Expire);
+    ledger
+        .append_decision(from, to, expired, ExpectedVersion::Exact(1), &decision)
+        .await;
+    harness.caught_up().await;
+
+    let accounts: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
+        "SELECT account_id, balance, pending_debits, pending_credits FROM read_model.accounts ORDER BY opened_at",
+    )
+    .fetch_all(&harness.pool)
+    .await
+    .expect("accounts");
+    assert_eq!(
+        accounts,
+        vec![(alice.as_uuid(), 960, 400, 0), (bob.as_uuid(), 40, 0, 400)]
+    );
+    let statement: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT kind, amount, balance_after FROM read_model.account_transactions WHERE account_id = $1 \
+         ORDER BY position",
+    )
+    .bind(alice.as_uuid())
+    .fetch_all(&harness.pool)
+    .await
+    .expect("statement");
+    assert_eq!(
+        statement,
+        vec![
+            ("deposit".to_owned(), 1_000, 1_000),
+            ("transfer_out".to_owned(), 40, 960)
+        ],
+        "the statement shows posted movements only"
+    );
+    let transfers: Vec<(Uuid, i64, String, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT transfer_id, amount, status, posted_amount, expires_at IS NOT NULL FROM read_model.transfers \
+         ORDER BY amount",
+    )
+    .fetch_all(&harness.pool)
+    .await
+    .expect("transfers");
+    assert_eq!(transfers.len(), 4);
+    assert_eq!(
+        transfers
+            .iter()
+            .map(|(_, amount, status, posted, expires)| (*amount, status.as_str(), *posted, *expires))
+            .collect::<Vec<_>>(),
+        vec![
+            (100, "posted", Some(40), true),
+            (200, "voided", None, true),
+            (300, "expired", None, true),
+            (400, "pending", None, true),
+        ]
+    );
+    assert_eq!(
+        [transfers[0].0, transfers[1].0, transfers[2].0],
+        [posted.as_uuid(), voided.as_uuid(), expired.as_uuid()]
+    );
+
+    let live = all_rows(&harness.pool).await;
+    rebuild::rebuild(&harness.pool, &Projection::ALL)
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        all_rows(&harness.pool).await,
+        live,
+        "a rebuild equals the live tables"
+    );
+    // The last pending one settles after the rebuild: the live projection goes on from
+    // the rebuilt row.
+    let index = by_amount(&ledger, 400);
+    let (last, from, to, decision) = settle(&mut ledger, index, SettleAction::Void { reason: None });
+    ledger
+        .append_decision(from, to, last, ExpectedVersion::Exact(1), &decision)
+        .await;
+    harness.caught_up().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM read_model.transfers WHERE transfer_id = $1")
+        .bind(last.as_uuid())
+        .fetch_one(&harness.pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "voided");
     harness.stop().await;
 }
 

@@ -48,6 +48,11 @@ pub const ACCESS: &[Access] = &[
     },
     Access {
         method: Method::GET,
+        path: "/transfers",
+        role: Some(Role::Viewer),
+    },
+    Access {
+        method: Method::GET,
         path: "/accounts/{id}/history",
         role: Some(Role::Auditor),
     },

@@ -29,6 +29,15 @@ pub fn decode_transaction(cursor: &str) -> Result<i64, QueryError> {
     decode(cursor, "transaction").and_then(|value| value.parse::<i64>().map_err(|_| malformed()))
 }
 
+/// `GET /transfers` pages newest first: the position of the last transfer served.
+pub fn encode_transfer(before: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("transfer:{before}"))
+}
+
+pub fn decode_transfer(cursor: &str) -> Result<i64, QueryError> {
+    decode(cursor, "transfer").and_then(|value| value.parse::<i64>().map_err(|_| malformed()))
+}
+
 fn decode(cursor: &str, tag: &str) -> Result<String, QueryError> {
     if cursor.len() > MAX_CURSOR_CHARS {
         return Err(malformed());
@@ -58,11 +67,13 @@ mod tests {
         let id = Uuid::now_v7();
         assert_eq!(decode_account(&encode_account(id)).ok(), Some(id));
         assert_eq!(decode_transaction(&encode_transaction(99)).ok(), Some(99));
+        assert_eq!(decode_transfer(&encode_transfer(42)).ok(), Some(42));
     }
 
     #[test]
     fn a_cursor_of_another_endpoint_is_refused() {
         assert!(decode_account(&encode_transaction(99)).is_err());
+        assert!(decode_transfer(&encode_transaction(99)).is_err());
         assert!(decode_transaction("not base64!").is_err());
     }
 }

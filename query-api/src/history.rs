@@ -160,6 +160,9 @@ async fn read_history(
                 owner,
                 currency: account.currency.as_str().to_owned(),
                 balance: account.balance.get(),
+                available_balance: account.available_balance(),
+                pending_debits: account.pending_debits.get(),
+                pending_credits: account.pending_credits.get(),
                 overdraft_limit: account.overdraft_limit.get(),
                 status: match account.status {
                     AccountStatus::Open => "open",

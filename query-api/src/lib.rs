@@ -185,6 +185,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(views::transactions::list_transactions))
         .routes(routes!(history::account_history))
         .routes(routes!(views::transfers::get_transfer))
+        .routes(routes!(views::transfers::list_transfers))
         .routes(routes!(audit::list_events))
         .routes(routes!(live::live_events))
         .routes(routes!(audit::stream_events))

@@ -61,6 +61,7 @@ pub struct StreamEventsSchema {
         crate::views::transactions::TransactionView,
         crate::views::transactions::TransactionPage,
         crate::views::transfers::TransferView,
+        crate::views::transfers::TransferPage,
         crate::history::AccountHistoryView,
         crate::projections::ProjectionView,
         crate::projections::ProjectionList,

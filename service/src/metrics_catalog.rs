@@ -121,6 +121,16 @@ pub const METRICS: &[Metric] = &[
         Kind::Counter,
         "Error answers, by problem type.",
     ),
+    metric(
+        "command_api_expiries_total",
+        Kind::Counter,
+        "Pending transfers the expiry worker tried to void, by outcome: expired, lost (a post or void won), failed.",
+    ),
+    metric(
+        "command_api_expiry_failures_total",
+        Kind::Counter,
+        "Expiry worker rounds that failed (PostgreSQL unavailable, lost its lock connection).",
+    ),
     // event-store, in the command API.
     metric(
         "event_store_events_appended_total",

@@ -483,6 +483,8 @@ async fn the_console_in_a_real_browser_shows_each_role_its_pages_safely_and_live
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(visible_text(&browser, "amount").await, "1.00 EUR");
+    assert_eq!(visible_text(&browser, "status").await, "posted");
+    assert_eq!(visible_text(&browser, "posted-amount").await, "1.00 EUR");
     let to = browser.find(Locator::Id("to")).await.expect("to link");
     assert_eq!(
         to.attr("href").await.expect("href").as_deref(),

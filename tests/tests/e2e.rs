@@ -243,3 +243,112 @@ async fn a_command_flows_through_to_the_read_models_the_audit_log_and_a_rebuild(
     assert_eq!(balance_at(&system, &client, &bob, last).await, 2_500);
     system.shut_down().await.expect("shut down");
 }
+
+#[tokio::test]
+async fn a_pending_transfer_that_times_out_is_expired_by_the_command_api_and_shows_expired_in_the_query_api()
+{
+    let system = System::start(&Binary::ALL).await.expect("system");
+    let client = Client::new();
+    let correlation_id = format!("e2e-pending-{}", uuid::Uuid::now_v7());
+    let (alice, _) = open_account(&system, &client, "Alice", &correlation_id).await;
+    let (bob, _) = open_account(&system, &client, "Bob", &correlation_id).await;
+    let (status, deposit) = client
+        .post(
+            &system.url(Binary::CommandApi, &format!("/accounts/{alice}/deposits")),
+            json!({ "amount": 1_000 }),
+            &correlation_id,
+        )
+        .await;
+    assert_eq!(status, 200, "{deposit}");
+    let (status, pending) = client
+        .post(
+            &system.url(Binary::CommandApi, "/transfers"),
+            json!({ "from_account_id": alice, "to_account_id": bob, "amount": 400, "pending": true, "timeout_seconds": 1 }),
+            &correlation_id,
+        )
+        .await;
+    assert_eq!(status, 201, "{pending}");
+    assert_eq!(pending["status"], "pending");
+    let transfer_id = pending["transfer_id"].as_str().expect("transfer_id").to_owned();
+    let (status, account) = client
+        .get(&system.url(
+            Binary::QueryApi,
+            &format!(
+                "/accounts/{alice}?min_position={}&wait_ms={WAIT_MS}",
+                position(&pending)
+            ),
+        ))
+        .await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(
+        (
+            account["balance"].as_i64(),
+            account["available_balance"].as_i64(),
+            account["pending_debits"].as_i64()
+        ),
+        (Some(1_000), Some(600), Some(400))
+    );
+
+    // The command API's expiry worker (default sweep: every second) voids it as `system`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let transfer = loop {
+        let (status, transfer) = client
+            .get(&system.url(Binary::QueryApi, &format!("/transfers/{transfer_id}")))
+            .await;
+        assert_eq!(status, 200, "{transfer}");
+        if transfer["status"] == "expired" {
+            break transfer;
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired: {transfer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(transfer["posted_amount"], Value::Null);
+    let (status, audit) = client
+        .get(&system.url(
+            Binary::QueryApi,
+            &format!("/audit/streams/transfer-{transfer_id}"),
+        ))
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let steps: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            (
+                item["event_type"].as_str().unwrap_or_default(),
+                item["metadata"]["actor"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [("TransferPending", ACTOR), ("TransferVoided", "system")]);
+    let expired_at = audit["items"][1]["position"].as_i64().expect("position");
+    let (status, account) = client
+        .get(&system.url(
+            Binary::QueryApi,
+            &format!("/accounts/{alice}?min_position={expired_at}&wait_ms={WAIT_MS}"),
+        ))
+        .await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(
+        (
+            account["balance"].as_i64(),
+            account["available_balance"].as_i64(),
+            account["pending_debits"].as_i64()
+        ),
+        (Some(1_000), Some(1_000), Some(0))
+    );
+    let (status, refused) = client
+        .post(
+            &system.url(Binary::CommandApi, &format!("/transfers/{transfer_id}/post")),
+            json!({}),
+            &correlation_id,
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        refused["type"],
+        "https://eventledger.dev/problems/transfer-expired"
+    );
+    system.shut_down().await.expect("shut down");
+}

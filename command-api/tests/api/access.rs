@@ -60,6 +60,8 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/accounts/{id}/close", Some(Role::Teller)),
     ("DELETE", "/accounts/{id}/personal-data", Some(Role::Admin)),
     ("POST", "/transfers", Some(Role::Teller)),
+    ("POST", "/transfers/{id}/post", Some(Role::Teller)),
+    ("POST", "/transfers/{id}/void", Some(Role::Teller)),
     ("GET", "/openapi.json", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),

@@ -55,11 +55,17 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub pool: PgPool,
     server: tokio::task::JoinHandle<()>,
+    /// The transfer expiry worker, when the test asked for one.
+    expiry: Option<(tokio::task::JoinHandle<()>, tokio_util::sync::CancellationToken)>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some((task, stop)) = &self.expiry {
+            stop.cancel();
+            task.abort();
+        }
     }
 }
 
@@ -70,6 +76,15 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// A command API over `pool` with the given committer bounds.
 pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestApp {
+    spawn_app_full(pool, settings, None).await
+}
+
+/// A command API over `pool` whose transfer expiry worker sweeps every `interval`.
+pub async fn spawn_app_with_expiry(pool: PgPool, interval: Duration) -> TestApp {
+    spawn_app_full(pool, CommitterSettings::default(), Some(interval)).await
+}
+
+async fn spawn_app_full(pool: PgPool, settings: CommitterSettings, expiry: Option<Duration>) -> TestApp {
     let nats = async_nats::connect(NATS_URL).await.expect("NATS is running");
     let store = EventStore::new(pool.clone());
     let (state, _committer) = AppState::with_settings(
@@ -82,6 +97,16 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
         test_vault(),
         settings,
     );
+    let expiry = expiry.map(|interval| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(command_api::expiry::run(
+            pool.clone(),
+            state.commands.clone(),
+            interval,
+            stop.clone(),
+        ));
+        (task, stop)
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -104,6 +129,7 @@ pub async fn spawn_app_with(pool: PgPool, settings: CommitterSettings) -> TestAp
         client: client_with_token(&token(TEST_SUBJECT, &[Role::Admin])),
         pool,
         server,
+        expiry,
     }
 }
 
@@ -198,6 +224,24 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .expect("count events")
+    }
+
+    /// An account's state and version, folded from its stream in PostgreSQL.
+    pub async fn stored_state(&self, account: Uuid) -> (domain::Account, u64) {
+        let loaded =
+            command_api::committer::load_account(&EventStore::new(self.pool.clone()), account.into())
+                .await
+                .expect("account loads")
+                .expect("account exists");
+        (loaded.state, loaded.version)
+    }
+
+    /// A transfer's state and version, folded from its stream in PostgreSQL.
+    pub async fn stored_transfer(&self, transfer: Uuid) -> Option<(domain::Transfer, u64)> {
+        command_api::committer::load_transfer(&EventStore::new(self.pool.clone()), transfer.into())
+            .await
+            .expect("transfer loads")
+            .map(|loaded| (loaded.state, loaded.version))
     }
 
     /// An account's balance and version, folded from its stream in PostgreSQL.

@@ -15,3 +15,4 @@ mod idempotency;
 mod openapi;
 mod pii;
 mod preconditions;
+mod transfers_pending;

@@ -17,6 +17,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/accounts/{id}/close"),
     ("delete", "/accounts/{id}/personal-data"),
     ("post", "/transfers"),
+    ("post", "/transfers/{id}/post"),
+    ("post", "/transfers/{id}/void"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -37,8 +37,15 @@ pub struct AccountView {
     pub owner: Option<OwnerView>,
     /// ISO 4217 code.
     pub currency: String,
-    /// Minor units of the currency.
+    /// The posted balance, in minor units of the currency.
     pub balance: i64,
+    /// `balance - pending_debits`: what withdrawals, transfers and new reservations may
+    /// still take, down to `-overdraft_limit`.
+    pub available_balance: i64,
+    /// What pending transfers out of the account reserved, minor units.
+    pub pending_debits: i64,
+    /// What pending transfers into the account may bring (not spendable yet), minor units.
+    pub pending_credits: i64,
     pub overdraft_limit: i64,
     /// `open`, `frozen` or `closed`.
     pub status: String,
@@ -72,6 +79,8 @@ pub(crate) struct AccountRow {
     version: Option<i64>,
     opened_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    pending_debits: Option<i64>,
+    pending_credits: Option<i64>,
 }
 
 impl AccountRow {
@@ -85,6 +94,8 @@ impl AccountRow {
             Some(version),
             Some(opened_at),
             Some(updated_at),
+            Some(pending_debits),
+            Some(pending_credits),
         ) = (
             self.account_id,
             self.currency,
@@ -94,6 +105,8 @@ impl AccountRow {
             self.version,
             self.opened_at,
             self.updated_at,
+            self.pending_debits,
+            self.pending_credits,
         )
         else {
             return Ok(None);
@@ -110,6 +123,11 @@ impl AccountRow {
             owner,
             currency,
             balance,
+            // The projector keeps both within the domain's rules; saturating is only a
+            // guard against a corrupt row, never a wrapped number.
+            available_balance: balance.saturating_sub(pending_debits),
+            pending_debits,
+            pending_credits,
             overdraft_limit,
             status,
             version,
@@ -124,7 +142,7 @@ impl AccountRow {
 macro_rules! account_columns {
     () => {
         "account_id, owner_name, owner_email, pii_keys.wrapped_key, currency, balance, \
-         overdraft_limit, status, version, opened_at, updated_at"
+         overdraft_limit, status, version, opened_at, updated_at, pending_debits, pending_credits"
     };
 }
 pub(crate) use account_columns;

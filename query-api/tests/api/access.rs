@@ -28,6 +28,7 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/accounts/{id}", Some(Role::Viewer)),
     ("GET", "/accounts/{id}/transactions", Some(Role::Viewer)),
     ("GET", "/transfers/{id}", Some(Role::Viewer)),
+    ("GET", "/transfers", Some(Role::Viewer)),
     ("GET", "/projections", Some(Role::Viewer)),
     ("GET", "/accounts/{id}/history", Some(Role::Auditor)),
     ("GET", "/audit/events", Some(Role::Auditor)),

@@ -14,6 +14,7 @@ const ROUTES: &[&str] = &[
     "/accounts/{id}/transactions",
     "/accounts/{id}/history",
     "/transfers/{id}",
+    "/transfers",
     "/audit/events",
     "/audit/events/live",
     "/audit/streams/{stream_id}",

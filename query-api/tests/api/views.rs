@@ -26,6 +26,28 @@ async fn an_account_is_answered_with_its_fields_and_its_projection_position(pool
     assert_eq!(body["status"], "open");
     assert_eq!(body["version"], 2);
     assert!(body["opened_at"].is_string() && body["updated_at"].is_string());
+    assert_eq!(body["available_balance"], 1250);
+    assert_eq!(
+        (body["pending_debits"].clone(), body["pending_credits"].clone()),
+        (serde_json::json!(0), serde_json::json!(0))
+    );
+
+    sqlx::query(
+        "UPDATE read_model.accounts SET pending_debits = 250, pending_credits = 40 WHERE account_id = $1",
+    )
+    .bind(account.account_id)
+    .execute(&app.pool)
+    .await
+    .expect("pending amounts");
+    let body = app
+        .get_json(&format!("/accounts/{}", account.account_id), 200)
+        .await;
+    assert_eq!(body["balance"], 1250, "the posted balance");
+    assert_eq!(body["available_balance"], 1000);
+    assert_eq!(
+        (body["pending_debits"].clone(), body["pending_credits"].clone()),
+        (serde_json::json!(250), serde_json::json!(40))
+    );
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
@@ -275,6 +297,92 @@ async fn a_transfer_is_answered_with_its_fields(pool: PgPool) {
     assert_eq!(body["currency"], "EUR");
     assert_eq!(body["reference"], "rent");
     assert_eq!(body["position"], 12);
+    // A transfer from before two-phase transfers reads as posted in full.
+    assert_eq!(body["status"], "posted");
+    assert_eq!(body["posted_amount"], 700);
+    assert_eq!(body["expires_at"], serde_json::Value::Null);
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn transfers_are_listed_newest_first_by_account_and_status(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let (alice, bob, carol) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // (position, from, to, status, posted_amount, expires_at)
+    let rows = [
+        (3, alice, bob, "posted", Some(10), false),
+        (5, bob, carol, "pending", None, true),
+        (7, carol, alice, "voided", None, false),
+        (9, alice, carol, "expired", None, true),
+        (11, alice, bob, "pending", None, false),
+    ];
+    let mut ids = Vec::new();
+    for (position, from, to, status, posted, expires) in rows {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO read_model.transfers (transfer_id, from_account_id, to_account_id, amount, currency, \
+             reference, recorded_at, position, status, posted_amount, expires_at) \
+             VALUES ($1, $2, $3, 10, 'EUR', NULL, now(), $4, $5, $6, CASE WHEN $7 THEN now() END)",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(position)
+        .bind(status)
+        .bind(posted)
+        .bind(expires)
+        .execute(&pool)
+        .await
+        .expect("transfer row");
+        ids.push(id);
+    }
+    app.set_checkpoint("transfers", 11).await;
+    let positions = |page: &serde_json::Value| -> Vec<i64> {
+        page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|item| item["position"].as_i64().expect("position"))
+            .collect()
+    };
+
+    let all = app.get_json("/transfers", 200).await;
+    assert_eq!(positions(&all), [11, 9, 7, 5, 3]);
+    assert_eq!(all["items"][0]["status"], "pending");
+    assert_eq!(all["items"][4]["posted_amount"], 10);
+    assert!(all["items"][1]["expires_at"].is_string());
+
+    let alices = app.get_json(&format!("/transfers?account_id={alice}"), 200).await;
+    assert_eq!(positions(&alices), [11, 9, 7, 3], "either side");
+    let pending = app
+        .get_json(&format!("/transfers?account_id={alice}&status=pending"), 200)
+        .await;
+    assert_eq!(positions(&pending), [11]);
+    assert_eq!(pending["items"][0]["transfer_id"], ids[4].to_string());
+
+    // Keyset pages: two, two, one, then no cursor.
+    let first = app.get_json("/transfers?limit=2", 200).await;
+    assert_eq!(positions(&first), [11, 9]);
+    let cursor = first["next_cursor"].as_str().expect("cursor");
+    let second = app
+        .get_json(&format!("/transfers?limit=2&cursor={cursor}"), 200)
+        .await;
+    assert_eq!(positions(&second), [7, 5]);
+    let cursor = second["next_cursor"].as_str().expect("cursor");
+    let last = app
+        .get_json(&format!("/transfers?limit=2&cursor={cursor}"), 200)
+        .await;
+    assert_eq!(positions(&last), [3]);
+    assert_eq!(last["next_cursor"], serde_json::Value::Null);
+
+    for bad in [
+        "/transfers?status=done",
+        "/transfers?account_id=42",
+        "/transfers?limit=0",
+        "/transfers?limit=1001",
+        "/transfers?cursor=abc",
+    ] {
+        app.get_problem(bad, 400, "validation").await;
+    }
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
