@@ -24,6 +24,9 @@ BEGIN
             INSERT INTO pending_transfer_deadlines (transfer_id, expires_at)
             VALUES ((NEW.data ->> 'transfer_id')::uuid, (NEW.data ->> 'expires_at')::timestamptz)
             ON CONFLICT (transfer_id) DO NOTHING;
+            -- Wakes the sweeper (command-api/src/expiry.rs) if this one is earlier than
+            -- its planned wake; delivered at commit, as the row becomes visible.
+            PERFORM pg_notify('eventledger_deadlines', NEW.data ->> 'expires_at');
         END IF;
     ELSE
         DELETE FROM pending_transfer_deadlines

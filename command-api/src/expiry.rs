@@ -7,6 +7,12 @@
 //! others try again every [`LEADERSHIP_RETRY`]. A leader whose connection dies loses the
 //! lock with it, and another instance takes over.
 //!
+//! The sweeper sleeps until the earliest deadline it knows of. A new deadline wakes it:
+//! the trigger that stores one notifies [`DEADLINES_CHANNEL`] with it, and the sweeper
+//! listens on its lock connection, so a transfer pending for one second expires on time
+//! whichever instance took it. An idle ledger costs one look every `max_sleep` (a safety
+//! net for a notification lost while a connection was down), nothing else.
+//!
 //! Each sweep reads up to [`SWEEP_BATCH`] due deadlines and voids each through the same
 //! path as `POST /transfers/{id}/void` (the [`CommandBus`], so it is decided with the
 //! domain's rules and appended with the transfer stream's expected version), as actor
@@ -19,7 +25,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::{DomainError, SettleAction, SettleCommand, TransferId};
 use event_store::{Metadata, error_chain};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -40,11 +47,20 @@ pub const LEADERSHIP_RETRY: Duration = Duration::from_secs(3);
 /// The advisory lock's name; one sweeper per database.
 const LOCK_NAME: &str = "eventledger-transfer-expiry";
 
-/// Runs the expiry worker until `shutdown` is cancelled, sweeping every `interval` while
-/// it holds the lock. Failures are logged and retried; nothing here ends the process.
-pub async fn run(pool: PgPool, bus: CommandBus, interval: Duration, shutdown: CancellationToken) {
+/// The channel the deadline trigger (migration `20261130007000`) notifies with each new
+/// deadline (RFC 3339), in the transaction that stores it.
+pub const DEADLINES_CHANNEL: &str = "eventledger_deadlines";
+
+/// The default of `EXPIRY_SWEEP_INTERVAL_MS`: the longest the sweeper sleeps when it
+/// knows of no earlier deadline, as the relay's and the projections' safety-net polls.
+pub const DEFAULT_MAX_SLEEP: Duration = Duration::from_secs(10);
+
+/// Runs the expiry worker until `shutdown` is cancelled, sweeping at each deadline (and
+/// at least every `max_sleep`) while it holds the lock. Failures are logged and retried;
+/// nothing here ends the process.
+pub async fn run(pool: PgPool, bus: CommandBus, max_sleep: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        if let Err(error) = lead(&pool, &bus, interval, &shutdown).await {
+        if let Err(error) = lead(&pool, &bus, max_sleep, &shutdown).await {
             metrics::counter!("command_api_expiry_failures_total").increment(1);
             warn!(error = %error_chain(&error), "transfer expiry failed; trying again");
         }
@@ -56,53 +72,94 @@ pub async fn run(pool: PgPool, bus: CommandBus, interval: Duration, shutdown: Ca
 }
 
 /// One term as the sweeper: take the lock (or return to wait), then sweep until shutdown
-/// or failure. Closing the connection releases the lock.
+/// or until the lock's connection is lost. The lock and the `LISTEN` share one session,
+/// on a pool of its own that is closed at the end of the term: a session lock must never
+/// go back into the shared pool still held.
 async fn lead(
     pool: &PgPool,
     bus: &CommandBus,
-    interval: Duration,
+    max_sleep: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
-    let mut leadership = pool.acquire().await?.detach();
-    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(LOCK_NAME)
-        .fetch_one(&mut leadership)
-        .await?;
-    if !acquired {
-        return Ok(());
+    let session = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let result = async {
+        let mut leadership = PgListener::connect_with(&session).await?;
+        // A lost session is the end of the term, not something to re-establish quietly:
+        // a new session would not hold the lock.
+        leadership.eager_reconnect(false);
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(LOCK_NAME)
+            .fetch_one(&mut leadership)
+            .await?;
+        if !acquired {
+            return Ok(());
+        }
+        leadership.listen(DEADLINES_CHANNEL).await?;
+        info!("transfer expiry is active");
+        sweep_loop(pool, bus, max_sleep, shutdown, &mut leadership).await
     }
-    info!("transfer expiry is active");
-    let result = sweep_loop(pool, bus, interval, shutdown, &mut leadership).await;
-    let _ = leadership.close().await;
+    .await;
+    // Waits for the listener's connection to come back, then closes it: the lock goes.
+    session.close().await;
     result
 }
 
 async fn sweep_loop(
     pool: &PgPool,
     bus: &CommandBus,
-    interval: Duration,
+    max_sleep: Duration,
     shutdown: &CancellationToken,
-    leadership: &mut PgConnection,
+    leadership: &mut PgListener,
 ) -> Result<(), sqlx::Error> {
     while !shutdown.is_cancelled() {
-        // A sweeper whose lock connection died may have a successor already: stop.
-        leadership.ping().await?;
         let now = Utc::now();
-        let due: Vec<(uuid::Uuid,)> = sqlx::query_as(
-            "SELECT transfer_id FROM pending_transfer_deadlines WHERE expires_at <= $1 \
-             ORDER BY expires_at, transfer_id LIMIT $2",
+        // The earliest deadlines, due or not: the due ones are expired now, the first
+        // one not yet due says how long to sleep.
+        let earliest: Vec<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT transfer_id, expires_at FROM pending_transfer_deadlines \
+             ORDER BY expires_at, transfer_id LIMIT $1",
         )
-        .bind(now)
         .bind(SWEEP_BATCH)
         .fetch_all(pool)
         .await?;
-        let expiries = due
-            .into_iter()
-            .map(|(transfer_id,)| expire(bus, TransferId::from(transfer_id), now));
+        let next = earliest.iter().map(|(_, at)| *at).find(|at| *at > now);
+        let expiries: Vec<_> = earliest
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(transfer_id, _)| expire(bus, TransferId::from(*transfer_id), now))
+            .collect();
+        let full_batch = expiries.len() as i64 == SWEEP_BATCH;
         futures::future::join_all(expiries).await;
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(interval) => {}
+        if full_batch {
+            // More may be due already.
+            continue;
+        }
+        let wake_at = next.map_or(max_sleep, |next| {
+            (next - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(max_sleep)
+        });
+        let wake = tokio::time::Instant::now() + wake_at;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(wake) => break,
+                notified = leadership.try_recv() => {
+                    let Some(notification) = notified? else {
+                        warn!("lost the expiry lock's connection; another instance may sweep now");
+                        return Ok(());
+                    };
+                    // Only a deadline earlier than the planned wake changes the plan.
+                    let earlier = DateTime::parse_from_rfc3339(notification.payload())
+                        .map_or(true, |at| at.with_timezone(&Utc) < next.unwrap_or(DateTime::<Utc>::MAX_UTC));
+                    if earlier {
+                        break;
+                    }
+                }
+            }
         }
     }
     Ok(())

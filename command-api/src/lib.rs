@@ -80,9 +80,11 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
     pub listen: String,
 
-    /// How often the expiry worker (on the one instance that holds its lock) looks for
-    /// pending transfers past their `expires_at`, in milliseconds.
-    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    /// The longest the expiry worker (on the one instance that holds its lock) sleeps
+    /// between two looks at the deadlines, in milliseconds. It wakes at the earliest
+    /// deadline and when a new one is stored anyway; this only bounds the wait after a
+    /// wake-up was lost with a connection.
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 10_000)]
     pub expiry_sweep_interval_ms: u64,
 }
 

@@ -381,7 +381,11 @@ async fn wait_for_status(app: &TestApp, id: Uuid, status: TransferStatus, within
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn the_system_expires_a_pending_transfer_after_its_timeout(pool: PgPool) {
-    let app = spawn_app_with_expiry(pool, Duration::from_millis(100)).await;
+    // The sweeper's longest sleep is far past the wait below: it must wake by itself at
+    // the deadline, which it learns of from the append's notification (it started with
+    // no deadline at all).
+    let app = spawn_app_with_expiry(pool, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (from, to) = two_accounts(&app, 100).await;
     let expiring = transfer_id(&reserve(&app, from, to, 40, Some(1)).await);
     let lasting = transfer_id(&reserve(&app, from, to, 10, Some(3_600)).await);
