@@ -300,6 +300,20 @@ impl CommandBus {
                 Verdict::Committed(response) => return Ok(Executed::Committed(response)),
                 Verdict::AlreadyStored(stored) => return Ok(Executed::AlreadyStored(stored)),
                 Verdict::Refused(error) => {
+                    // A transfer id that executed before is refused as such, whatever
+                    // else its accounts would refuse now (a retry after the first
+                    // attempt spent the funds): one probe, only on this uncommon path.
+                    if let Command::Transfer(transfer) = &submission.command
+                        && !matches!(
+                            error,
+                            ApiError::Domain(DomainError::TransferAlreadyExecuted { .. })
+                        )
+                        && self.stream_exists(&transfer.id.stream_id()).await?
+                    {
+                        return Err(ApiError::from(DomainError::TransferAlreadyExecuted {
+                            transfer_id: transfer.id,
+                        }));
+                    }
                     // A refusal decided on a cached state another instance has moved
                     // past would be wrong (say, funds it deposited): check the version,
                     // one index probe, and only on this uncommon path.
@@ -325,6 +339,15 @@ impl CommandBus {
             metrics::counter!("command_api_command_retries_total").increment(1);
         }
         Err(ApiError::ConcurrentModification)
+    }
+
+    /// Whether the stream has any event.
+    async fn stream_exists(&self, stream_id: &str) -> Result<bool, ApiError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)")
+            .bind(stream_id)
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(|error| ApiError::Unavailable(StoreError::Database(error)))
     }
 
     /// Whether every account of the command is cached at the version the store holds.

@@ -97,7 +97,7 @@ pub enum ApiError {
 
 fn precondition_detail(expected: &Option<u64>, actual: &Option<u64>) -> String {
     let current = match actual {
-        Some(version) => format!("the account is at version {version}"),
+        Some(version) => format!("the resource (account or transfer) is at version {version}"),
         // Only a new resource (an account being opened, a transfer) has no version: a
         // command on an unknown account is 404 before its preconditions are read.
         None => "the resource is new and has no version to match".to_owned(),
@@ -207,11 +207,15 @@ impl ApiError {
             Self::Domain(DomainError::InsufficientFunds {
                 account_id,
                 balance,
+                pending_debits,
                 requested,
                 overdraft_limit,
             }) => {
                 extra.insert("account_id".into(), json!(account_id));
                 extra.insert("balance".into(), json!(balance.get()));
+                extra.insert("pending_debits".into(), json!(pending_debits.get()));
+                let available = i128::from(balance.get()) - i128::from(pending_debits.get());
+                extra.insert("available_balance".into(), json!(available));
                 extra.insert("requested".into(), json!(requested.get()));
                 extra.insert("overdraft_limit".into(), json!(overdraft_limit.get()));
             }
@@ -232,9 +236,23 @@ impl ApiError {
             Self::Domain(
                 DomainError::TransferNotFound { transfer_id }
                 | DomainError::TransferNotPending { transfer_id }
-                | DomainError::TransferExpired { transfer_id },
+                | DomainError::TransferExpired { transfer_id }
+                | DomainError::TransferAlreadyExecuted { transfer_id },
             ) => {
                 extra.insert("transfer_id".into(), json!(transfer_id));
+            }
+            // Which account a rule refused, as a member: a transfer names two.
+            Self::Domain(
+                DomainError::AccountAlreadyExists { account_id }
+                | DomainError::AccountFrozen { account_id }
+                | DomainError::AccountClosed { account_id }
+                | DomainError::AccountAlreadyFrozen { account_id }
+                | DomainError::AccountNotFrozen { account_id }
+                | DomainError::BalanceOverflow { account_id }
+                | DomainError::SameAccount { account_id }
+                | DomainError::PersonalDataAlreadyErased { account_id },
+            ) => {
+                extra.insert("account_id".into(), json!(account_id));
             }
             _ => {}
         }

@@ -217,6 +217,7 @@ impl Account {
             .ok_or(DomainError::InsufficientFunds {
                 account_id: self.id,
                 balance: self.balance,
+                pending_debits: self.pending_debits,
                 requested: amount,
                 overdraft_limit: self.overdraft_limit,
             })
@@ -262,6 +263,7 @@ impl Account {
             return Err(DomainError::InsufficientFunds {
                 account_id: self.id,
                 balance: self.balance,
+                pending_debits: self.pending_debits,
                 requested: amount,
                 overdraft_limit: self.overdraft_limit,
             });
@@ -576,6 +578,7 @@ mod tests {
             Err(DomainError::InsufficientFunds {
                 account_id: id(),
                 balance: Balance::new(100),
+                pending_debits: Balance::ZERO,
                 requested: amount(151),
                 overdraft_limit: OverdraftLimit::new(50).expect("valid limit"),
             })

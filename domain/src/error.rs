@@ -68,13 +68,16 @@ pub enum DomainError {
     #[error("account {account_id} is not frozen")]
     AccountNotFrozen { account_id: AccountId },
 
-    /// The debit would take the balance below `-overdraft_limit`.
+    /// The debit would take the available balance (`balance - pending_debits`) below
+    /// `-overdraft_limit`.
     #[error(
-        "insufficient funds on account {account_id}: balance {balance}, requested {requested}, overdraft limit {overdraft_limit}"
+        "insufficient funds on account {account_id}: balance {balance}, of it reserved by pending transfers {pending_debits}, requested {requested}, overdraft limit {overdraft_limit}"
     )]
     InsufficientFunds {
         account_id: AccountId,
         balance: Balance,
+        /// What pending transfers out of the account reserved (not available).
+        pending_debits: Balance,
         requested: Amount,
         overdraft_limit: OverdraftLimit,
     },
@@ -96,7 +99,7 @@ pub enum DomainError {
     SameAccount { account_id: AccountId },
 
     /// A transfer id executes at most once.
-    #[error("transfer {transfer_id} was already executed")]
+    #[error("transfer {transfer_id} already exists: a transfer id is used for one transfer only")]
     TransferAlreadyExecuted { transfer_id: TransferId },
 
     /// Erasing personal data that is already erased.
@@ -291,6 +294,7 @@ mod tests {
             DomainError::InsufficientFunds {
                 account_id: id,
                 balance: Balance::ZERO,
+                pending_debits: Balance::ZERO,
                 requested: Amount::MAX,
                 overdraft_limit: OverdraftLimit::ZERO,
             },

@@ -198,6 +198,13 @@ async fn verify_log_checks_a_database_by_url_and_a_kept_head_hash_catches_a_rewr
     let kept = verdict["head_hash"].as_str().expect("head hash").to_owned();
     let (code, _) = verify_log(&pool, &["--to", "6", "--expect-head-hash", &kept]);
     assert_eq!(code, 0);
+    let (code, _) = verify_log(&pool, &["--to", "6", "--expect-head-hash", &kept.to_uppercase()]);
+    assert_eq!(code, 0, "either case");
+    // A mistyped hash is a usage error, not a rewritten chain.
+    for typo in ["xyz", &kept[1..], &format!("{kept}0")] {
+        let (code, verdict) = verify_log(&pool, &["--to", "6", "--expect-head-hash", typo]);
+        assert_eq!((code, verdict), (2, Value::Null), "{typo}");
+    }
 
     // Someone with the owner's rights changes event 4 and rewrites every hash from it
     // on, consistently: the chain alone verifies again ...

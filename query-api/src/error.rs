@@ -46,10 +46,11 @@ pub enum QueryError {
     /// 503 `too-many-live-tails` with `Retry-After`: every live tail slot is taken.
     #[error("too many live tails are open; try again later")]
     TooManyLiveTails,
-    /// 500 `internal`: the database failed.
+    /// 503 `unavailable` with `Retry-After`: the database failed (down, restarting, a
+    /// replica that is gone, a connection cut), as the command API and projector answer.
     #[error("database error")]
     Database(#[from] sqlx::Error),
-    /// 500 `internal`: the database failed a statement that answered several requests
+    /// 503 `unavailable`: the database failed a statement that answered several requests
     /// at once ([`crate::views::account_reads`]); each of them reports it.
     #[error("database error")]
     SharedDatabase(#[source] std::sync::Arc<sqlx::Error>),
@@ -57,7 +58,8 @@ pub enum QueryError {
     /// panicked: it lives as long as the server).
     #[error("the account reader has stopped")]
     ReaderStopped,
-    /// 500 `internal`: the event store failed or broke an invariant.
+    /// 503 `unavailable` when the event store's database failed; 500 `internal` when it
+    /// broke an invariant.
     #[error("event store error")]
     Store(#[from] StoreError),
     /// 500 `internal`: an account's sealed owner does not open although its key exists
@@ -116,12 +118,14 @@ impl QueryError {
                 "too-many-live-tails",
                 "Too many live tails",
             ),
-            Self::Database(_)
-            | Self::SharedDatabase(_)
-            | Self::ReaderStopped
-            | Self::Store(_)
-            | Self::Corrupt { .. }
-            | Self::Unsealable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            Self::Database(_) | Self::SharedDatabase(_) | Self::Store(StoreError::Database(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The database is unavailable",
+            ),
+            Self::ReaderStopped | Self::Store(_) | Self::Corrupt { .. } | Self::Unsealable { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            }
         }
     }
 }
@@ -132,6 +136,9 @@ impl IntoResponse for QueryError {
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %event_store::error_chain(&self), "query failed");
             "the server could not answer; the failure is logged".to_owned()
+        } else if code == "unavailable" {
+            tracing::warn!(error = %event_store::error_chain(&self), "query failed: the database is unavailable");
+            "the database could not answer; retry shortly".to_owned()
         } else {
             self.to_string()
         };
@@ -160,6 +167,7 @@ impl IntoResponse for QueryError {
                 Some(retry_after)
             }
             Self::TooManyLiveTails => Some(crate::consistency::RETRY_AFTER),
+            _ if code == "unavailable" => Some(crate::consistency::RETRY_AFTER),
             _ => None,
         };
         if let Some(retry_after) = retry_after {

@@ -5,9 +5,10 @@
 //! What it shows: read-your-writes stays exact (`min_position=N` answers only once the
 //! replica has replayed N, proven by pausing the replica's replay), every answer's
 //! `X-Projection-Position` is the replica's own, the audit log never shows a position the
-//! replica has not got, an idle query API leaves the replica alone, and the command API
-//! refuses a replica as its database. It prints the visibility lag through the replica
-//! beside a query API on the primary in the same run.
+//! replica has not got, an idle query API leaves the replica alone, queries are refused
+//! with a 503 problem while the replica is down and answered again once it has caught up,
+//! and the command API refuses a replica as its database. It prints the visibility lag
+//! through the replica beside a query API on the primary in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -280,6 +281,38 @@ async fn the_query_api_on_a_replica_answers_min_position_only_once_the_replica_h
          query API on the primary p50 {primary_p50:?} p99 {primary_p99:?}; \
          on the replica p50 {replica_p50:?} p99 {replica_p99:?}"
     );
+
+    // The replica dies: queries are refused with a problem, commands go on; restarted,
+    // it catches up by streaming and answers what was committed meanwhile.
+    pair.kill_replica().await.expect("kill the replica");
+    let (status, _, body) = api.get(format!("{query}/accounts/{account}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["type"].is_string(), "a problem document: {body}");
+    let deposited = api
+        .post(
+            format!("{command}/accounts/{account}/deposits"),
+            json!({"amount": 5}),
+        )
+        .await;
+    let meanwhile = deposited["position"].as_i64().expect("position");
+    pair.restart_replica().await.expect("restart the replica");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, seen, _) = api
+            .get(format!(
+                "{query}/accounts/{account}?min_position={meanwhile}&wait_ms=1000"
+            ))
+            .await;
+        if status == StatusCode::OK {
+            assert!(seen >= meanwhile);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica never caught up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The command API refuses the replica as its database, saying why.
     let output = system

@@ -73,6 +73,18 @@ async fn a_pending_transfer_reserves_and_a_partial_post_moves_part_and_releases_
         .post(&format!("/accounts/{from}/withdrawals"), json!({"amount": 41}))
         .await;
     assert_eq!((refused.status, refused.problem()), (422, "insufficient-funds"));
+    // The refusal says what the rule was checked against.
+    assert_eq!(
+        (
+            refused.body["balance"].as_i64(),
+            refused.body["pending_debits"].as_i64(),
+            refused.body["available_balance"].as_i64(),
+            refused.body["requested"].as_i64(),
+        ),
+        (Some(100), Some(60), Some(40), Some(41)),
+        "{}",
+        refused.body
+    );
     let refused = app
         .post(
             "/transfers",
@@ -515,4 +527,27 @@ async fn posts_racing_the_expiry_settle_each_transfer_once(pool: PgPool) {
         (state.balance.get(), state.pending_credits.get()),
         (100 * posted, 0)
     );
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_transfer_id_sent_again_is_already_executed_even_when_its_funds_are_spent(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for pending in [false, true] {
+        let (from, to) = two_accounts(&app, 100).await;
+        let id = Uuid::now_v7();
+        let body = json!({"transfer_id": id, "from_account_id": from, "to_account_id": to, "amount": 100, "pending": pending});
+        let first = app.post("/transfers", body.clone()).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        // The first attempt took all the money: the accounts alone would refuse the
+        // retry for funds, but the transfer id says why first.
+        let again = app.post("/transfers", body).await;
+        assert_eq!(
+            (again.status, again.problem(), again.body["transfer_id"].as_str()),
+            (422, "transfer-already-executed", Some(id.to_string().as_str())),
+            "pending {pending}: {}",
+            again.body
+        );
+        let (state, _) = app.stored_state(from).await;
+        assert_eq!(state.available_balance(), 0, "nothing moved twice");
+    }
 }

@@ -10,6 +10,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use event_store::chain::{self, ChainError, Verdict};
@@ -34,9 +35,24 @@ struct Args {
     /// The `head_hash` an auditor kept for position `--to` from an earlier
     /// verification: fail unless the chain still ends in it. This is what catches a
     /// rewrite of the whole chain from some position on (README, "Threat model").
-    #[arg(long, requires = "to")]
+    #[arg(long, requires = "to", value_parser = parse_hash)]
     expect_head_hash: Option<String>,
 }
+
+/// A kept `head_hash`: 64 hexadecimal digits, either case (read as lowercase). Anything
+/// else is a usage error (exit 2), not a chain that fails to match.
+fn parse_hash(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.len() == 64 && value.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err("must be a SHA-256 hash: 64 hexadecimal digits".to_owned())
+    }
+}
+
+/// How long to wait for the database before giving up (exit 2): a verification is run
+/// by hand or by a scheduler, which should hear of an unreachable database at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -57,13 +73,14 @@ async fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<ExitCode, ChainError> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
         .connect(&args.database_url)
         .await?;
     let verdict = chain::verify(&pool, args.from, args.to).await?;
     let mut out = serde_json::to_value(&verdict).map_err(ChainError::from)?;
     let mut ok = verdict.is_ok();
     if let (Verdict::Verified { head_hash, .. }, Some(expected)) = (&verdict, &args.expect_head_hash)
-        && !head_hash.eq_ignore_ascii_case(expected.trim())
+        && head_hash != expected
     {
         ok = false;
         out["ok"] = false.into();
