@@ -38,11 +38,13 @@ use crate::projection::Projection;
 
 /// How long a lease lasts after its last renewal unless renewed: the longest a dead
 /// holder keeps a projection from being applied (plus one standby poll).
-pub const LEASE_TTL: Duration = Duration::from_secs(6);
+pub const LEASE_TTL: Duration = Duration::from_secs(9);
 
 /// How often a holder renews its leases: a third of [`LEASE_TTL`], so two renewals can
-/// fail (a slow statement, a reconnect) before the lease lapses.
-pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// fail (a slow statement, a reconnect) before the lease lapses. Every 3 s (0.33
+/// statements/s) keeps a whole system at rest under one statement a second with the
+/// relay's and the projections' safety-net reads (issue 15's idle goal).
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
 
 /// How often an instance that does not hold every lease tries to take the free or lapsed
 /// ones.

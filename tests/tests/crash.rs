@@ -976,7 +976,7 @@ CREATE TRIGGER record_checkpoint_commit AFTER UPDATE OF position ON read_model.p
 const PROJECTOR_INSTANCES: [&str; 2] = ["projector-a", "projector-b"];
 
 /// How long a take-over may take at most before the test fails: the lease's lifetime
-/// (6 s), a standby poll, and a frozen batch's idle-in-transaction timeout (5 s), with
+/// (9 s), a standby poll, and a frozen batch's idle-in-transaction timeout (5 s), with
 /// room for a loaded machine. The measured time is printed.
 const TAKE_OVER_LIMIT: Duration = Duration::from_secs(30);
 
