@@ -289,11 +289,19 @@ async fn a_pending_transfer_that_times_out_is_expired_by_the_command_api_and_sho
         (Some(1_000), Some(600), Some(400))
     );
 
-    // The command API's expiry worker (default sweep: every second) voids it as `system`.
+    // The command API's expiry worker voids it as `system` at its deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let transfer = loop {
+        // Waits until the transfers projection has the pending transfer too (the read
+        // above waited for the accounts projection only).
         let (status, transfer) = client
-            .get(&system.url(Binary::QueryApi, &format!("/transfers/{transfer_id}")))
+            .get(&system.url(
+                Binary::QueryApi,
+                &format!(
+                    "/transfers/{transfer_id}?min_position={}&wait_ms={WAIT_MS}",
+                    position(&pending)
+                ),
+            ))
             .await;
         assert_eq!(status, 200, "{transfer}");
         if transfer["status"] == "expired" {
