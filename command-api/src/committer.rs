@@ -308,7 +308,7 @@ impl CommandBus {
                             error,
                             ApiError::Domain(DomainError::TransferAlreadyExecuted { .. })
                         )
-                        && self.stream_exists(&transfer.id.stream_id()).await?
+                        && self.stored_version(&transfer.id.stream_id()).await? > 0
                     {
                         return Err(ApiError::from(DomainError::TransferAlreadyExecuted {
                             transfer_id: transfer.id,
@@ -341,13 +341,15 @@ impl CommandBus {
         Err(ApiError::ConcurrentModification)
     }
 
-    /// Whether the stream has any event.
-    async fn stream_exists(&self, stream_id: &str) -> Result<bool, ApiError> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)")
-            .bind(stream_id)
-            .fetch_one(self.store.pool())
-            .await
-            .map_err(|error| ApiError::Unavailable(StoreError::Database(error)))
+    /// The stream's version as stored (0 for a stream with no event): one index probe.
+    async fn stored_version(&self, stream_id: &str) -> Result<u64, ApiError> {
+        let version: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_one(self.store.pool())
+                .await
+                .map_err(|error| ApiError::Unavailable(StoreError::Database(error)))?;
+        Ok(version as u64)
     }
 
     /// Whether every account of the command is cached at the version the store holds.
@@ -355,15 +357,9 @@ impl CommandBus {
     async fn cache_is_current(&self, command: &Command) -> Result<bool, ApiError> {
         let mut current = true;
         for account_id in command.accounts() {
-            let stored: i64 = sqlx::query_scalar(
-                "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1",
-            )
-            .bind(account_id.stream_id())
-            .fetch_one(self.store.pool())
-            .await
-            .map_err(|error| ApiError::Unavailable(StoreError::Database(error)))?;
+            let stored = self.stored_version(&account_id.stream_id()).await?;
             let mut cache = lock(&self.cache);
-            if cache.get(&account_id).map(|cached| cached.version) != Some(stored as u64) {
+            if cache.get(&account_id).map(|cached| cached.version) != Some(stored) {
                 cache.evict(&account_id);
                 current = false;
             }
