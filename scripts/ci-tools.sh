@@ -7,12 +7,15 @@
 #                  kubernetes-validate and kubectl (for `kubectl kustomize`)
 #   PROMTOOL       promtool, taken out of Debian's `prometheus` package without
 #                  installing (and so starting) the Prometheus service
+#   NGINX          nginx for the chaos test's load balancer (tests/tests/chaos.rs): the
+#                  installed one, else taken out of Debian's `nginx` package the same way
 #
 # and makes sure `chromium` and `chromedriver` are installed (the console's browser tests).
 ci_tools_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.local/ci-tools"
 CI_TOOLS_VENV="$ci_tools_root/venv"
 PROMTOOL="$ci_tools_root/root/usr/bin/promtool"
-export CI_TOOLS_VENV PROMTOOL
+NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || echo "$ci_tools_root/root/usr/sbin/nginx")
+export CI_TOOLS_VENV PROMTOOL NGINX
 
 if [ ! -x "$CI_TOOLS_VENV/bin/kubernetes-validate" ]; then
     echo "installing the deploy validators into $CI_TOOLS_VENV"
@@ -30,6 +33,19 @@ if [ ! -x "$PROMTOOL" ]; then
         apt-get download prometheus >/dev/null 2>&1 \
             || { apt-get update >/dev/null && apt-get download prometheus >/dev/null; }
         dpkg-deb -x prometheus_*.deb "$ci_tools_root/root"
+    )
+    rm -rf "$ci_tools_download"
+fi
+
+if [ ! -x "$NGINX" ]; then
+    echo "unpacking nginx from Debian's nginx package into $ci_tools_root/root"
+    mkdir -p "$ci_tools_root/root"
+    ci_tools_download=$(mktemp -d)
+    (
+        cd "$ci_tools_download"
+        apt-get download nginx >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get download nginx >/dev/null; }
+        dpkg-deb -x nginx_*.deb "$ci_tools_root/root"
     )
     rm -rf "$ci_tools_download"
 fi

@@ -215,75 +215,13 @@ for instance in 1 2; do
     PROJECTOR_URL="http://127.0.0.1:$(instance_port projector 1)"
 done
 
-# nginx: one port for commands, one for queries. A failed upstream leaves the rotation
-# for 5 s. A POST that reached an upstream is never passed to another (nginx's rule
-# for non-idempotent methods): the client retries it with its Idempotency-Key. A GET
-# may be. nginx's own 502/504 (no upstream answered) are problem+json 503s too.
-mkdir -p "$dir/nginx"
-upstream() { # name process
-  echo "  upstream $1 {"
-  for instance in 1 2; do echo "    server 127.0.0.1:$(instance_port "$2" "$instance") max_fails=1 fail_timeout=5s;"; done
-  echo "    keepalive 32;"
-  echo "  }"
-}
-cat >"$dir/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/nginx/nginx.pid;
-error_log $dir/logs/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log $dir/logs/nginx-access.log;
-  client_body_temp_path $dir/nginx/body;
-  proxy_temp_path $dir/nginx/proxy;
-  fastcgi_temp_path $dir/nginx/fastcgi;
-  uwsgi_temp_path $dir/nginx/uwsgi;
-  scgi_temp_path $dir/nginx/scgi;
-  client_max_body_size 1m;
-$(upstream commands command-api)
-$(upstream queries query-api)
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  proxy_set_header Host \$host;
-  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-  proxy_connect_timeout 1s;
-  proxy_read_timeout 30s;
-  server {
-    listen 127.0.0.1:$commands_port;
-    location / {
-      proxy_pass http://commands;
-      proxy_next_upstream error timeout http_502;
-    }
-    error_page 502 504 =503 @unavailable;
-    location @unavailable {
-      default_type application/problem+json;
-      add_header Retry-After 1 always;
-      return 503 '{"type":"https://eventledger.dev/problems/unavailable","title":"No command API instance answered","status":503,"detail":"retry with the same Idempotency-Key"}';
-    }
-  }
-  server {
-    listen 127.0.0.1:$queries_port;
-    location / {
-      proxy_pass http://queries;
-      proxy_next_upstream error timeout http_502 http_503;
-    }
-    # Server-Sent Events: passed on as they come, open for as long as the client stays.
-    location ~ ^/(audit/events/live|console/audit/live) {
-      proxy_pass http://queries;
-      proxy_buffering off;
-      proxy_read_timeout 1h;
-    }
-    error_page 502 504 =503 @unavailable;
-    location @unavailable {
-      default_type application/problem+json;
-      add_header Retry-After 1 always;
-      return 503 '{"type":"https://eventledger.dev/problems/unavailable","title":"No query API instance answered","status":503}';
-    }
-  }
-}
-CONF
-"$nginx_bin" -t -q -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
-"$nginx_bin" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" &
+# nginx: one port for commands, one for queries (scripts/nginx-conf.sh says how it
+# balances and retries).
+"$root/scripts/nginx-conf.sh" "$dir/nginx" "$commands_port" "$queries_port" \
+  "127.0.0.1:$(instance_port command-api 1) 127.0.0.1:$(instance_port command-api 2)" \
+  "127.0.0.1:$(instance_port query-api 1) 127.0.0.1:$(instance_port query-api 2)"
+"$nginx_bin" -t -q -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf"
+"$nginx_bin" -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf" &
 pids+=($!)
 wait_for nginx ready "127.0.0.1:$commands_port"
 wait_for nginx ready "127.0.0.1:$queries_port"

@@ -152,6 +152,18 @@ pub async fn jetstream_publish_rate(
     in_flight: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    jetstream_publish_rate_replicated(client, in_flight, duration, 1).await
+}
+
+/// [`jetstream_publish_rate`] into a stream of `replicas` copies (a NATS cluster's, as
+/// the relay's stream with `EVENTS_STREAM_REPLICAS`): each publish is acknowledged once
+/// a majority of the copies has it.
+pub async fn jetstream_publish_rate_replicated(
+    client: &async_nats::Client,
+    in_flight: usize,
+    duration: Duration,
+    replicas: usize,
+) -> anyhow::Result<f64> {
     let jetstream = async_nats::jetstream::new(client.clone());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let name = format!("BENCH_PUBLISH_{id}");
@@ -161,6 +173,7 @@ pub async fn jetstream_publish_rate(
             name: name.clone(),
             subjects: vec![subject.clone()],
             storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;

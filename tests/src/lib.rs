@@ -15,6 +15,13 @@
 //! - [`nats_server`]: a private NATS server for tests that stop and restart NATS, which
 //!   the shared one must never be.
 //! - [`pg_replica`]: a private PostgreSQL primary with a streaming replica.
+//! - [`nats_cluster`]: a private three-node NATS cluster with JetStream.
+//! - [`nginx`]: the cluster's load balancer (`scripts/nginx-conf.sh`) in front of
+//!   several instances of the APIs.
+//! - [`cluster`]: the whole cluster of `scripts/cluster.sh` (the three above and two
+//!   instances of every process), private to a test or benchmark.
+//! - [`workload`]: the fault tests' seeded commands, careful retrying client, record of
+//!   what was acknowledged, and the checks that must hold after any fault.
 //! - [`seed`]: a large valid log COPYed straight into a throwaway database.
 //! - [`profile`]: CPU time per process and for PostgreSQL, and PostgreSQL's own
 //!   statement statistics, for benchmarks on the profiled PostgreSQL.
@@ -27,12 +34,15 @@
 //!   a log of a million events.
 
 pub mod bench;
+pub mod cluster;
 pub mod goals;
 pub mod harness;
 pub mod load;
 pub mod nats_cluster;
 pub mod nats_server;
+pub mod nginx;
 pub mod peer;
 pub mod pg_replica;
 pub mod profile;
 pub mod seed;
+pub mod workload;

@@ -170,6 +170,34 @@ async fn open_and_deposit(system: &System, traceparent: Option<&str>) -> String 
     account_id
 }
 
+/// Waits until each projection's durable consumer has a pull request waiting, that is
+/// until the projector applies that projection live from JetStream.
+async fn wait_until_following(system: &System) {
+    let addrs = service::nats::server_addrs(&system.nats_url).expect("NATS_URL");
+    let client = async_nats::connect(addrs).await.expect("NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let deadline = tokio::time::Instant::now() + SPANS_TIMEOUT;
+    for projection in ["accounts", "account_transactions", "transfers"] {
+        loop {
+            let waiting = match jetstream.get_stream(&system.stream_name).await {
+                Ok(stream) => match stream.consumer_info(format!("projector_{projection}")).await {
+                    Ok(info) => info.num_waiting,
+                    Err(_) => 0,
+                },
+                Err(_) => 0,
+            };
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the projection {projection} did not start following its consumer within {SPANS_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// The spans of `service` named `name` in `trace_id` that arrived so far.
 fn find<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, trace_id: &str) -> Vec<&'a ReceivedSpan> {
     spans
@@ -192,6 +220,11 @@ async fn one_deposit_is_one_trace_from_the_request_to_the_projections() {
             .await
             .expect("process starts");
     }
+
+    // The assertion that one projection got the event through NATS needs every
+    // projection following its consumer before the deposit: a projection that took its
+    // lease after the commit reads the event from the store in its catch-up instead.
+    wait_until_following(&system).await;
 
     let trace_id = Uuid::new_v4().simple().to_string();
     let mut client_span_id = Uuid::new_v4().simple().to_string();
