@@ -4,6 +4,9 @@
 # process, and nginx in front of both HTTP APIs. Installs what is missing from Debian's
 # packages (nats-server, postgresql, nginx), keeps all data under .local/cluster/, waits
 # until everything is ready, prints where it is, and stops what it started on ctrl-c.
+# Like an orchestrator, it starts again any node or instance that exits (after
+# CLUSTER_RESTART_SECONDS, default 5): kill one with `kill -9` to watch the others take
+# over, and it is back a few seconds later.
 #
 #   scripts/cluster.sh           start it (in the foreground)
 #   scripts/cluster.sh status    each node and instance, and who leads what
@@ -61,8 +64,8 @@ for a in d.get("account_details") or []:
   local role lag
   if role=$(psql -qAt -h 127.0.0.1 -p "$primary_port" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null); then
     lag=$(psql -qAt -h 127.0.0.1 -p "$primary_port" -U postgres -d postgres \
-      -c "SELECT COALESCE(string_agg(application_name || ' replay lag ' || COALESCE(replay_lag::text, '0'), ', '), 'no replica attached') FROM pg_stat_replication" 2>/dev/null)
-    echo "  primary 127.0.0.1:$primary_port  up (in recovery: $role)  $lag"
+      -c "SELECT COALESCE(string_agg('replica ' || COALESCE(replay_lag::text, 'caught up'), ', '), 'no replica attached') FROM pg_stat_replication" 2>/dev/null)
+    echo "  primary 127.0.0.1:$primary_port  up (in recovery: $role)  streaming to: $lag"
   else
     echo "  primary 127.0.0.1:$primary_port  DOWN"
   fi
@@ -78,7 +81,11 @@ for a in d.get("account_details") or []:
       address="127.0.0.1:$(instance_port $process $instance)"
       if ready "$address"; then state=ready; else state=DOWN; fi
       if [ "$process" = command-api ] && [ "$state" = ready ]; then
-        if curl -fsS --max-time 2 "http://$address/metrics" 2>/dev/null | grep -Eq '^relay_active(\{[^}]*\})? 1'; then
+        # Read whole before matching: `grep -q` leaving early would make curl fail with
+        # SIGPIPE, and pipefail would call a holder not one.
+        local metrics
+        metrics=$(curl -fsS --max-time 2 "http://$address/metrics" 2>/dev/null || true)
+        if grep -Eq '^relay_active(\{[^}]*\})? 1' <<<"$metrics"; then
           extra="  runs the relay"
         fi
       fi
@@ -132,6 +139,7 @@ cargo build --workspace --bins --locked
 mkdir -p "$dir/logs"
 pids=()
 pg_started=
+restart_seconds=${CLUSTER_RESTART_SECONDS:-5}
 stop() {
   trap - EXIT
   echo
@@ -141,6 +149,29 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
+
+# Runs `command` in the background as `name`, logging to logs/NAME.log, and starts it
+# again whenever it exits, until the cluster stops (SIGTERM to the supervisor stops the
+# process and then the supervisor). PostgreSQL is not supervised: pg_ctl runs it.
+supervise() { # name command...
+  local name=$1
+  shift
+  (
+    child=
+    trap '[ -z "$child" ] || { kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; }; exit 0' TERM INT
+    while :; do
+      "$@" >>"$dir/logs/$name.log" 2>&1 &
+      child=$!
+      status=0
+      wait "$child" || status=$?
+      child=
+      echo "cluster: $name exited (status $status); starting it again in ${restart_seconds} s" >&2
+      sleep "$restart_seconds" &
+      wait $! || true
+    done
+  ) &
+  pids+=($!)
+}
 
 wait_for() { # what command...
   local what=$1; shift
@@ -167,8 +198,7 @@ cluster {
   routes: [$routes]
 }
 CONF
-  nats-server -c "$dir/nats/n$node.conf" >"$dir/logs/nats-n$node.log" 2>&1 &
-  pids+=($!)
+  supervise "nats-n$node" nats-server -c "$dir/nats/n$node.conf"
 done
 jetstream_ready() {
   curl -fsS --max-time 2 "http://127.0.0.1:$(nats_monitor_port 1)/jsz" 2>/dev/null \
@@ -195,9 +225,7 @@ start_instance() { # process instance [VAR=value ...]
   shift 2
   address="127.0.0.1:$(instance_port "$process" "$instance")"
   var=$(echo "$process" | tr a-z- A-Z_)_ADDR
-  env "$var=$address" DATABASE_URL="$database_url" "$@" \
-    "$bin_dir/$process" >"$dir/logs/$process-$instance.log" 2>&1 &
-  pids+=($!)
+  supervise "$process-$instance" env "$var=$address" DATABASE_URL="$database_url" "$@" "$bin_dir/$process"
   wait_for "$process-$instance" ready "$address"
   echo "$process-$instance: ready on http://$address"
 }
@@ -221,8 +249,7 @@ done
   "127.0.0.1:$(instance_port command-api 1) 127.0.0.1:$(instance_port command-api 2)" \
   "127.0.0.1:$(instance_port query-api 1) 127.0.0.1:$(instance_port query-api 2)"
 "$nginx_bin" -t -q -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf"
-"$nginx_bin" -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf" &
-pids+=($!)
+supervise nginx "$nginx_bin" -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf"
 wait_for nginx ready "127.0.0.1:$commands_port"
 wait_for nginx ready "127.0.0.1:$queries_port"
 
@@ -245,6 +272,5 @@ Development token (admin, 24 h):
 scripts/cluster.sh status (in another terminal) shows who leads what.
 Press ctrl-c to stop what this command started.
 TXT
-wait -n "${pids[@]}" || true
-echo "cluster: a process exited; see $dir/logs/" >&2
-exit 1
+# Runs until ctrl-c; the supervisors start again whatever exits.
+wait "${pids[@]}" || true

@@ -32,11 +32,16 @@ use crate::traces::{self, Traces};
 /// and event spans are all `info`; `debug` would add every statement's log line.
 const TRACES_LEVEL: LevelFilter = LevelFilter::INFO;
 
-/// Installs the global log subscriber, and the trace exporter when the environment asks
-/// for one (`service_name` names the process unless `OTEL_SERVICE_NAME` does). Calling it
-/// again (as tests do) keeps the first. A trace exporter that cannot be set up is logged
-/// and left out: the process runs without traces rather than not at all.
+/// Installs the global log subscriber, the metrics recorder, and the trace exporter when
+/// the environment asks for one (`service_name` names the process unless
+/// `OTEL_SERVICE_NAME` does). Calling it again (as tests do) keeps the first. A trace
+/// exporter that cannot be set up is logged and left out: the process runs without
+/// traces rather than not at all.
 pub fn init(format: LogFormat, service_name: &'static str) -> Traces {
+    // The recorder first: whatever a process records before its `/metrics` route exists
+    // (the relay's `relay_active` as it takes the lock at start, say) would otherwise go
+    // to no recorder and be lost until it was set again.
+    metrics_handle();
     let (provider, failure) = match traces::provider_from_env(service_name) {
         Ok(provider) => (provider, None),
         Err(error) => (None, Some(error)),

@@ -2,7 +2,7 @@
 //! commands (opens, deposits, withdrawals, transfers among a few dozen accounts, many of
 //! them refused), the projector is killed with SIGKILL and restarted, NATS is stopped and
 //! killed and started again, or the command API (and the relay inside it) is killed and
-//! restarted. Afterwards:
+//! restarted; and a client leaves a NATS node that hangs for a live one. Afterwards:
 //!
 //! - no acknowledged command is lost and no refused one wrote anything: the event store
 //!   holds exactly the events the accepted answers account for, each at the position its
@@ -524,4 +524,43 @@ async fn a_frozen_projector_is_replaced_and_writes_nothing_when_it_resumes() {
         .await
         .expect("after the freeze");
     system.shut_down().await.expect("shut down");
+}
+
+/// How long a client may take to leave a hung NATS node: three unanswered pings
+/// ([`service::nats::PING_INTERVAL`] each) and a reconnection, which may first try the
+/// hung node again, with room for a loaded machine. With the client's default ping
+/// interval (a minute) it stayed for three minutes.
+const LEAVE_HUNG_NODE_LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_client_leaves_a_frozen_nats_node_for_a_live_one() {
+    let mut cluster = NatsCluster::start(3).await.expect("a 3-node NATS cluster");
+    let client = service::nats::connect(&cluster.urls(), "frozen-node-test")
+        .await
+        .expect("connect");
+    client.flush().await.expect("connected");
+    let first = client.server_info().server_name;
+    let index = (0..cluster.len())
+        .find(|&node| cluster.name(node) == first)
+        .expect("the client is on a node of the cluster");
+    // Frozen, not killed: its sockets stay open, so only the missing pongs tell.
+    cluster.node(index).freeze().await.expect("SIGSTOP the node");
+    let frozen = std::time::Instant::now();
+    loop {
+        let on = client.server_info().server_name;
+        if on != first && client.connection_state() == async_nats::connection::State::Connected {
+            eprintln!("left the frozen {first} for {on} after {:.1} s", frozen.elapsed().as_secs_f64());
+            break;
+        }
+        assert!(
+            frozen.elapsed() < LEAVE_HUNG_NODE_LIMIT,
+            "still on the frozen {first} after {LEAVE_HUNG_NODE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), client.flush())
+        .await
+        .expect("the live node answers")
+        .expect("flush");
+    cluster.node(index).kill_hard().await.expect("kill the frozen node");
 }

@@ -202,7 +202,7 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
         );
         expositions.push(exposition);
     }
-    let [command_api, query_api, _projector] = &expositions[..] else {
+    let [command_api, query_api, projector] = &expositions[..] else {
         unreachable!("three processes")
     };
     for series in [
@@ -214,6 +214,19 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
         assert!(
             command_api.contains(series),
             "command-api lacks {series}:\n{command_api}"
+        );
+    }
+    // Gauges set at start, before the first scrape, are there: the relay's lock and the
+    // projection leases of the one instance of each.
+    assert!(
+        command_api.lines().any(|line| line.starts_with("relay_active{") && line.ends_with(" 1")),
+        "command-api lacks relay_active 1:\n{command_api}"
+    );
+    for projection in ["accounts", "account_transactions", "transfers"] {
+        let series = format!(r#"projector_lease_held{{projection="{projection}"}} 1"#);
+        assert!(
+            projector.contains(&series),
+            "projector lacks {series}:\n{projector}"
         );
     }
     for series in [
