@@ -17,6 +17,7 @@
 //! - [`apply`]: one batch, one transaction, checkpoint included.
 //! - [`lease`]: which instance applies each projection live; the others stand by.
 //! - [`live`]: the JetStream-driven live tasks, gap filling, stopping on bad events.
+//! - [`live_pool`]: the live tasks' and the leases' connections and their session settings.
 //! - [`rebuild`]: replay into fresh tables and swap them in.
 //! - [`status`]: positions, head, lag and state; metrics.
 //! - [`http`] and [`error`]: the admin routes and their problem+json errors.
@@ -30,6 +31,7 @@ pub mod fold;
 pub mod http;
 pub mod lease;
 pub mod live;
+pub mod live_pool;
 pub mod projection;
 pub mod rebuild;
 pub mod status;
@@ -242,19 +244,11 @@ async fn connect(common: &CommonConfig) -> Result<PgPool, StartupError> {
     service::database::connect_and_migrate(&common.database_url, common.database_max_connections).await
 }
 
-/// Connections that live applying and the leases use: every session ends a transaction
-/// left idle for [`lease::LIVE_IDLE_IN_TRANSACTION_TIMEOUT`] (a frozen holder's batch
-/// must not keep the checkpoint row locked) and names the instance in
-/// `pg_stat_activity`. Three projections apply one batch each at a time, plus the keeper.
-async fn live_pool(common: &CommonConfig, instance: &str) -> Result<PgPool, StartupError> {
-    const LIVE_CONNECTIONS: u32 = 4;
-    let timeout_ms = lease::LIVE_IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string();
-    let options = service::database::connect_options(&common.database_url)
-        .map_err(StartupError::Database)?
-        .options([("idle_in_transaction_session_timeout", timeout_ms.as_str())])
-        .application_name(instance);
-    service::database::pool_options(LIVE_CONNECTIONS)
-        .connect_with(options)
+/// The live pool ([`live_pool`]): the main pool's connection settings with the live
+/// sessions' own.
+async fn connect_live(common: &CommonConfig, instance: &str) -> Result<PgPool, StartupError> {
+    let options = service::database::connect_options(&common.database_url).map_err(StartupError::Database)?;
+    live_pool::connect(options, instance)
         .await
         .map_err(StartupError::Database)
 }
@@ -274,7 +268,7 @@ async fn serve(
         .instance_id
         .clone()
         .unwrap_or_else(lease::default_instance_id);
-    let live_pool = live_pool(&config.common, &instance).await?;
+    let live_pool = connect_live(&config.common, &instance).await?;
     let (keeper, leases) =
         lease::LeaseKeeper::new(live_pool.clone(), &instance, lease::LeaseConfig::default());
     tracing::info!(instance = %instance, "standing by for the projections' leases");
