@@ -549,7 +549,10 @@ async fn a_client_leaves_a_frozen_nats_node_for_a_live_one() {
     loop {
         let on = client.server_info().server_name;
         if on != first && client.connection_state() == async_nats::connection::State::Connected {
-            eprintln!("left the frozen {first} for {on} after {:.1} s", frozen.elapsed().as_secs_f64());
+            eprintln!(
+                "left the frozen {first} for {on} after {:.1} s",
+                frozen.elapsed().as_secs_f64()
+            );
             break;
         }
         assert!(
@@ -562,5 +565,9 @@ async fn a_client_leaves_a_frozen_nats_node_for_a_live_one() {
         .await
         .expect("the live node answers")
         .expect("flush");
-    cluster.node(index).kill_hard().await.expect("kill the frozen node");
+    cluster
+        .node(index)
+        .kill_hard()
+        .await
+        .expect("kill the frozen node");
 }
