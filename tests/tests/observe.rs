@@ -219,7 +219,9 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
     // Gauges set at start, before the first scrape, are there: the relay's lock and the
     // projection leases of the one instance of each.
     assert!(
-        command_api.lines().any(|line| line.starts_with("relay_active{") && line.ends_with(" 1")),
+        command_api
+            .lines()
+            .any(|line| line.starts_with("relay_active{") && line.ends_with(" 1")),
         "command-api lacks relay_active 1:\n{command_api}"
     );
     for projection in ["accounts", "account_transactions", "transfers"] {
