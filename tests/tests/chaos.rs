@@ -39,7 +39,7 @@ use tests::cluster::{LocalCluster, QUERY_APIS};
 use tests::harness::System;
 use tests::workload::{
     Client, Disruption, Load, Random, Seed, check_acknowledged, check_rebuild_equals_live, check_stream_copy,
-    event_ids, head, open_accounts, snapshot, stream_state, wait_for, wait_until_projected,
+    event_ids, head, is_problem, open_accounts, snapshot, wait_replicas_current, wait_until_projected,
     wait_until_relayed,
 };
 use tokio::task::JoinHandle;
@@ -269,11 +269,7 @@ impl Reader {
                 let outcome = match sent {
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let problem = response
-                            .headers()
-                            .get(reqwest::header::CONTENT_TYPE)
-                            .and_then(|value| value.to_str().ok())
-                            .is_some_and(|value| value.starts_with("application/problem+json"));
+                        let problem = is_problem(&response);
                         let body: Value = response.json().await.unwrap_or(Value::Null);
                         let what = if status >= 500 && !problem {
                             format!("{status} without problem+json: {body}")
@@ -320,15 +316,7 @@ fn failed(outcome: &QueryOutcome) -> bool {
 /// through it.
 async fn check_stream_on_every_node(cluster: &LocalCluster, head: i64) -> anyhow::Result<()> {
     let stream_name = cluster.system.stream_name.clone();
-    wait_for("every replica of the stream current", || async {
-        let (_, _, _, current) = stream_state(&cluster.system).await?;
-        Ok(if current == Some(cluster.nats.len() - 1) {
-            Ok(())
-        } else {
-            Err(format!("current replicas besides the leader: {current:?}"))
-        })
-    })
-    .await?;
+    wait_replicas_current(&cluster.system, cluster.nats.len()).await?;
     let event_ids = event_ids(&cluster.primary).await?;
     let client = async_nats::connect(service::nats::server_addrs(&cluster.nats.urls())?).await?;
     let js = jetstream::new(client.clone());
@@ -350,15 +338,7 @@ async fn check_stream_on_every_node(cluster: &LocalCluster, head: i64) -> anyhow
         let answer: Value = serde_json::from_slice(&answer.payload)?;
         ensure!(answer.get("error").is_none(), "stepping down: {answer}");
         // The election takes a moment; stream_leader asks again until there is one.
-        wait_for("a new stream leader", || async {
-            let (_, _, _, current) = stream_state(&cluster.system).await?;
-            Ok(if current == Some(cluster.nats.len() - 1) {
-                Ok(())
-            } else {
-                Err(format!("current replicas besides the leader: {current:?}"))
-            })
-        })
-        .await?;
+        wait_replicas_current(&cluster.system, cluster.nats.len()).await?;
     }
     bail!("could not make every node the stream's leader: read {read:?}")
 }

@@ -31,7 +31,7 @@ use tests::nats_cluster::NatsCluster;
 use tests::nats_server::NatsServer;
 use tests::workload::{
     Client, Load, Seed, check_acknowledged, check_everything, check_rebuild_equals_live, connect, head,
-    open_accounts, stream_state, wait_for, wait_until_projected, wait_until_relayed,
+    open_accounts, stream_state, wait_for, wait_replicas_current, wait_until_projected, wait_until_relayed,
 };
 
 /// One test at a time: each runs two or three processes and a load on a 2-core machine,
@@ -185,16 +185,9 @@ async fn killing_the_nats_node_that_leads_the_stream_loses_and_duplicates_nothin
         .await
         .expect("after losing the leader twice");
     // Every copy is back: the two replicas other than the leader are current.
-    wait_for("every replica of the stream current", || async {
-        let (_, _, _, current) = stream_state(&system).await?;
-        Ok(if current == Some(2) {
-            Ok(())
-        } else {
-            Err(format!("current replicas besides the leader: {current:?}"))
-        })
-    })
-    .await
-    .expect("replicas caught up");
+    wait_replicas_current(&system, 3)
+        .await
+        .expect("replicas caught up");
     system.shut_down().await.expect("shut down");
     drop(cluster);
 }
