@@ -75,6 +75,7 @@ for a in d.get("account_details") or []:
     echo "  replica 127.0.0.1:$replica_port  DOWN"
   fi
   echo "Instances:"
+  local relay_seen=
   for process in command-api query-api projector; do
     for instance in 1 2; do
       local address state extra=""
@@ -87,11 +88,13 @@ for a in d.get("account_details") or []:
         metrics=$(curl -fsS --max-time 2 "http://$address/metrics" 2>/dev/null || true)
         if grep -Eq '^relay_active(\{[^}]*\})? 1' <<<"$metrics"; then
           extra="  runs the relay"
+          relay_seen=yes
         fi
       fi
       echo "  $process-$instance http://$address  $state$extra"
     done
   done
+  [ -n "$relay_seen" ] || echo "  (no command API runs the relay right now: the lock is moving, or NATS or PostgreSQL is away)"
   echo "Projection leases:"
   psql -qAt -F ' ' -h 127.0.0.1 -p "$primary_port" -U postgres -d eventledger -c \
     "SELECT '  ' || projection, 'applied by', COALESCE(CASE WHEN lease_expires_at > now() THEN lease_holder END, 'nobody'), 'at position', position FROM read_model.projection_checkpoints ORDER BY projection" 2>/dev/null \
