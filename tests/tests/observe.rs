@@ -59,6 +59,18 @@ fn promtool() -> PathBuf {
     path
 }
 
+/// The exposition a `GET` of `url` (a process's `/metrics`) answers.
+async fn scrape(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// `promtool check metrics` over `exposition`: its exit status and what it said.
 fn promtool_check_metrics(exposition: &str) -> (bool, String) {
     use std::io::Write;
@@ -180,14 +192,7 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
     let anonymous = reqwest::Client::new();
     let mut expositions = Vec::new();
     for binary in Binary::ALL {
-        let exposition = anonymous
-            .get(system.url(binary, "/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
+        let exposition = scrape(&anonymous, &system.url(binary, "/metrics")).await;
         let (clean, said) = promtool_check_metrics(&exposition);
         assert!(clean, "{}: promtool check metrics said:\n{said}", binary.name());
         assert!(
@@ -232,14 +237,7 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
             "command-api lacks relay_active 1:\n{command_api_now}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        command_api_now = anonymous
-            .get(system.url(Binary::CommandApi, "/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
+        command_api_now = scrape(&anonymous, &system.url(Binary::CommandApi, "/metrics")).await;
     }
     for projection in ["accounts", "account_transactions", "transfers"] {
         let series = format!(r#"projector_lease_held{{projection="{projection}"}} 1"#);
