@@ -221,6 +221,9 @@ pub async fn run(
         .max_ack_inflight(config.max_in_flight.max(1) * 2)
         .backpressure_on_inflight(true)
         .build(client.clone());
+    // Exported from the start, so a standby reads 0 rather than nothing: the alert and
+    // `cluster.sh status` sum the gauge over the instances.
+    metrics::gauge!("relay_active", "relay" => config.name.clone()).set(0.0);
     let mut pause = config.retry_interval;
     while !shutdown.is_cancelled() {
         match lead(&store, &client, &jetstream, &config, &shutdown).await {

@@ -140,7 +140,7 @@ pub const METRICS: &[Metric] = &[
     metric(
         "relay_active",
         Kind::Gauge,
-        "1 on the instance whose relay holds the leadership lock, by relay name.",
+        "1 on the instance whose relay holds the leadership lock and publishes, 0 on a standby and between rounds, by relay name.",
     ),
     metric(
         "relay_position",

@@ -135,8 +135,11 @@ impl LocalCluster {
     }
 
     /// The command-api instance whose relay runs now (its `relay_active` gauge is 1).
+    /// Every instance must export the gauge, the standbys as 0: an error names one that
+    /// does not.
     pub async fn relay_holder(&mut self) -> anyhow::Result<String> {
         let http = reqwest::Client::new();
+        let mut holder = None;
         for name in COMMAND_APIS {
             let metrics = http
                 .get(self.system.instance(name)?.url("/metrics"))
@@ -145,14 +148,17 @@ impl LocalCluster {
                 .await?
                 .text()
                 .await?;
-            let active = metrics
+            let gauge = metrics
                 .lines()
-                .any(|line| line.starts_with("relay_active") && line.split_whitespace().last() == Some("1"));
-            if active {
-                return Ok(name.to_owned());
+                .find(|line| line.starts_with("relay_active"))
+                .and_then(|line| line.split_whitespace().last());
+            match gauge {
+                Some("1") => holder = Some(name.to_owned()),
+                Some(_) => {}
+                None => bail!("{name} exports no relay_active gauge"),
             }
         }
-        bail!("no command-api instance runs the relay")
+        holder.ok_or_else(|| anyhow::anyhow!("no command-api instance runs the relay"))
     }
 
     /// The projector instance that holds the `accounts` projection's lease now.

@@ -331,6 +331,17 @@ pub fn is_problem(response: &reqwest::Response) -> bool {
         .is_some_and(|value| value.starts_with("application/problem+json"))
 }
 
+/// The query API's `X-Projection-Position` of `response` (API.md: the position its read
+/// models had applied when it answered), or -1 when the header is absent or not a number.
+pub fn projection_position(response: &reqwest::Response) -> i64 {
+    response
+        .headers()
+        .get("x-projection-position")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(-1)
+}
+
 /// Statuses a careful client retries with the same Idempotency-Key: the server (or the
 /// load balancer in front of it) says it could not serve the request now.
 const RETRIED_STATUSES: [u16; 3] = [502, 503, 504];

@@ -245,12 +245,7 @@ impl Reader {
             .bearer_auth(&self.token)
             .send()
             .await?;
-        let position = response
-            .headers()
-            .get("x-projection-position")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(-1);
+        let position = tests::workload::projection_position(&response);
         Ok((response.status().as_u16(), position))
     }
 

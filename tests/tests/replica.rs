@@ -60,12 +60,7 @@ impl Api {
             .await
             .expect("query");
         let status = response.status();
-        let position = response
-            .headers()
-            .get("x-projection-position")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(-1);
+        let position = tests::workload::projection_position(&response);
         (status, position, response.json().await.unwrap_or(Value::Null))
     }
 }

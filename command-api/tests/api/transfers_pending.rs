@@ -355,6 +355,7 @@ async fn concurrent_posts_and_voids_over_two_instances_settle_each_transfer_exac
             assert_eq!(state.status, TransferStatus::Voided);
         }
     }
+    eprintln!("post against void: {posted_count} of {TRANSFERS} transfers posted, the rest voided");
     assert!(
         posted_count > 0 && posted_count < TRANSFERS,
         "both sides won some races: {posted_count}"
@@ -517,6 +518,7 @@ async fn posts_racing_the_expiry_settle_each_transfer_once(pool: PgPool) {
         let (_, version) = app.stored_transfer(*id).await.expect("transfer exists");
         assert_eq!(version, 2, "settled exactly once");
     }
+    eprintln!("post against expiry: {posted} of {TRANSFERS} transfers posted, the rest expired");
     let (state, _) = app.stored_state(from).await;
     assert_eq!(
         (state.balance.get(), state.pending_debits.get()),
