@@ -10,7 +10,8 @@
 //!    overlap. A row stays in memory only as long as its chunk (accounts: until the end).
 //! 3. Replay again what arrived meanwhile, then build the live table's indexes on the
 //!    fresh one: one sort per index instead of a B-tree insertion per row, which is what
-//!    makes a bulk load fast.
+//!    makes a bulk load fast. Then replay, with plain inserts, what arrived during the
+//!    index builds, so that little is left for the next step.
 //! 4. In one transaction: lock the checkpoint
 //!    rows (the live task waits for its next batch), replay up to the live checkpoint
 //!    if the live side got further, rename the old table away and the new one in, drop
@@ -238,6 +239,22 @@ impl RebuildLease {
         }
         drop(connection);
 
+        // What arrived while the indexes were built (tens of seconds for a large log),
+        // replayed into the indexed fresh tables before the checkpoint locks are taken:
+        // under them, the live projection waits, so only what arrives during this pass
+        // is left for that pass.
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
+            .fetch_one(pool)
+            .await?;
+        if head > position {
+            let mut transaction = pool.begin().await?;
+            let mut sink = Sink::Insert(&mut transaction);
+            events += replay(pool, &mut sink, &mut state, projections, position, head).await?;
+            flush_accounts(&mut transaction, &mut state, projections).await?;
+            transaction.commit().await?;
+            position = head;
+        }
+
         let mut transaction = pool.begin().await?;
         let mut live = 0;
         for projection in projections {
@@ -285,7 +302,7 @@ enum Sink<'c> {
     /// indexes.
     Copy(mpsc::Sender<RowBatch>),
     /// Straight into the fresh tables, indexes built, in the caller's transaction: the
-    /// short catch-up under the checkpoint locks.
+    /// catch-ups after the index builds, before and under the checkpoint locks.
     Insert(&'c mut PgConnection),
 }
 
