@@ -225,7 +225,22 @@ pub async fn run(
     // `cluster.sh status` sum the gauge over the instances.
     metrics::gauge!("relay_active", "relay" => config.name.clone()).set(0.0);
     let mut pause = config.retry_interval;
+    let mut awaiting_nats = false;
     while !shutdown.is_cancelled() {
+        // Not a failed round: at start the client is still connecting, and while it is
+        // away this instance should leave the lock to one that reaches NATS.
+        if client.connection_state() != ConnectionState::Connected {
+            if !awaiting_nats {
+                info!(relay = %config.name, "waiting for NATS before taking the relay");
+                awaiting_nats = true;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(config.retry_interval) => {}
+            }
+            continue;
+        }
+        awaiting_nats = false;
         match lead(&store, &client, &jetstream, &config, &shutdown).await {
             Ok(()) => pause = config.retry_interval,
             Err(error) => {

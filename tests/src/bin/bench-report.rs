@@ -78,7 +78,9 @@ fn main() -> anyhow::Result<()> {
     let table = goals::markdown(&goals);
     let header = format!(
         "Machine: {}. {}Every ratio is of two figures measured in this run; the limits are \
-         measured, not quoted. Details: `bench-results/report.md`.\n",
+         measured, not quoted. The ratio of a throughput goal is the measured rate ÷ the rate \
+         it is a multiple of (met at the goal's factor: 5 for the peer); of a bound, the \
+         measured figure ÷ the bound (met below 1). Details: `bench-results/report.md`.\n",
         machine(),
         if args.note.is_empty() {
             String::new()
