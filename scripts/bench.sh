@@ -13,8 +13,10 @@
 #                                      rebuild --all of 10M events under load
 #   bench-idle                         the whole system at rest
 #   bench-report                       the goals table, bench-results/report.md and .json
+#                                      (a full run also copies report.md to docs/)
 #
-# and puts the goals table into README.md between the loadgen markers.
+# and puts the goals table into README.md between the loadgen markers and the full report
+# into docs/benchmark-report.md.
 #
 #   scripts/bench.sh            the full run: about 30 minutes on 2 cores (plus the first
 #                               build of the peer), 10 s per scenario, 10M events; the
@@ -104,7 +106,10 @@ if [ "$quick" -eq 0 ]; then
     /<!-- loadgen:end -->/ { skipping = 0 }
     !skipping { print }
   ' "$readme" > "$readme.new" && mv "$readme.new" "$readme"
-  echo "README.md: Performance section updated from bench-results/summary.md"
+  # The full report of the published run, so that the README's figures can be traced
+  # in the repository, not only on the machine that ran it.
+  cp "$results/report.md" "$root/docs/benchmark-report.md"
+  echo "README.md: Performance section updated from bench-results/summary.md; docs/benchmark-report.md written"
 fi
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "failed: ${failed[*]}" >&2

@@ -80,7 +80,8 @@ fn main() -> anyhow::Result<()> {
         "Machine: {}. {}Every ratio is of two figures measured in this run; the limits are \
          measured, not quoted. The ratio of a throughput goal is the measured rate ÷ the rate \
          it is a multiple of (met at the goal's factor: 5 for the peer); of a bound, the \
-         measured figure ÷ the bound (met below 1). Details: `bench-results/report.md`.\n",
+         measured figure ÷ the bound (met below 1). Details: `bench-results/report.md` \
+         (of a full run, also `docs/benchmark-report.md`).\n",
         machine(),
         if args.note.is_empty() {
             String::new()
