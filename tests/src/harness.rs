@@ -235,6 +235,9 @@ pub struct System {
     /// Further instances of a binary beside the one in `processes`, by a name of the
     /// test's choosing ([`System::add_instance`]).
     instances: HashMap<String, Process>,
+    /// Set once [`System::shut_down`] removed the database and the stream; until then,
+    /// dropping the system (a test that panicked, a benchmark that failed) removes them.
+    resources_removed: bool,
 }
 
 impl System {
@@ -268,6 +271,7 @@ impl System {
             nats_url: nats_url.to_owned(),
             processes: HashMap::new(),
             instances: HashMap::new(),
+            resources_removed: false,
         };
         for &binary in binaries {
             system.add(binary).await?;
@@ -466,19 +470,63 @@ impl System {
         for process in self.processes.values_mut().chain(self.instances.values_mut()) {
             clean &= process.terminate().await?;
         }
-        self.remove_resources().await?;
+        remove_resources(&self.database_url, &self.nats_url, &self.stream_name).await?;
+        self.resources_removed = true;
         Ok(clean)
     }
+}
 
-    async fn remove_resources(&self) -> anyhow::Result<()> {
-        if Postgres::database_exists(&self.database_url).await? {
-            Postgres::force_drop_database(&self.database_url).await?;
+/// Drops the system's database and deletes its stream.
+async fn remove_resources(database_url: &str, nats_url: &str, stream_name: &str) -> anyhow::Result<()> {
+    if Postgres::database_exists(database_url).await? {
+        Postgres::force_drop_database(database_url).await?;
+    }
+    let client = async_nats::connect(service::nats::server_addrs(nats_url)?).await?;
+    // The stream exists only once the relay ran; a missing one is fine.
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(stream_name)
+        .await;
+    Ok(())
+}
+
+/// How long dropping a system that was not shut down waits to remove its resources.
+const REMOVE_ON_DROP_LIMIT: Duration = Duration::from_secs(15);
+
+impl Drop for System {
+    /// A test that panicked (or a benchmark that failed) never reached
+    /// [`System::shut_down`]: its processes are killed and its database and stream
+    /// removed here, so that failed runs leave nothing behind either. Drop cannot await,
+    /// so the removal runs on a runtime of its own on another thread.
+    fn drop(&mut self) {
+        if self.resources_removed {
+            return;
         }
-        let client = async_nats::connect(service::nats::server_addrs(&self.nats_url)?).await?;
-        // The stream exists only once the relay ran; a missing one is fine.
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(&self.stream_name)
-            .await;
-        Ok(())
+        // Killed first (`kill_on_drop`), so none is writing while its database goes.
+        self.processes.clear();
+        self.instances.clear();
+        let (database_url, nats_url, stream_name) = (
+            self.database_url.clone(),
+            self.nats_url.clone(),
+            self.stream_name.clone(),
+        );
+        let removal = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                tokio::time::timeout(
+                    REMOVE_ON_DROP_LIMIT,
+                    remove_resources(&database_url, &nats_url, &stream_name),
+                )
+                .await?
+            })
+        });
+        match removal.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("could not remove a dropped test system's database and stream: {error:#}")
+            }
+            Err(_) => eprintln!("removing a dropped test system's database and stream panicked"),
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use service::auth::Role;
+use sqlx::migrate::MigrateDatabase;
 use tests::harness::{Binary, System};
 
 /// The subject of the test's token, and so the actor of every event it causes.
@@ -359,4 +360,43 @@ async fn a_pending_transfer_that_times_out_is_expired_by_the_command_api_and_sho
         "https://eventledger.dev/problems/transfer-expired"
     );
     system.shut_down().await.expect("shut down");
+}
+
+/// A test that fails before `shut_down` (a panic unwinds through its `System`) leaves
+/// no database and no stream behind: dropping the system removes them.
+#[tokio::test]
+async fn a_system_dropped_without_shutting_down_removes_its_database_and_stream() {
+    let system = System::start(&[Binary::CommandApi]).await.expect("system");
+    let (database_url, stream_name) = (system.database_url.clone(), system.stream_name.clone());
+    let client = async_nats::connect(service::nats::server_addrs(&system.nats_url).expect("NATS_URL"))
+        .await
+        .expect("NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    // The relay creates the stream once it runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while jetstream.get_stream(&stream_name).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never created {stream_name}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sqlx::Postgres::database_exists(&database_url)
+            .await
+            .expect("PostgreSQL")
+    );
+
+    drop(system);
+
+    assert!(
+        !sqlx::Postgres::database_exists(&database_url)
+            .await
+            .expect("PostgreSQL"),
+        "the database is left behind"
+    );
+    assert!(
+        jetstream.get_stream(&stream_name).await.is_err(),
+        "the stream {stream_name} is left behind"
+    );
 }
