@@ -209,9 +209,7 @@ impl RebuildLease {
             // Twice: the second pass takes what arrived during the first, so the pass
             // under the checkpoint locks below is short.
             for _pass in 0..2 {
-                let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
-                    .fetch_one(pool)
-                    .await?;
+                let head = log_head(pool).await?;
                 events += replay(pool, &mut sink, &mut state, projections, position, head).await?;
                 position = position.max(head);
             }
@@ -243,14 +241,10 @@ impl RebuildLease {
         // replayed into the indexed fresh tables before the checkpoint locks are taken:
         // under them, the live projection waits, so only what arrives during this pass
         // is left for that pass.
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_store_head")
-            .fetch_one(pool)
-            .await?;
+        let head = log_head(pool).await?;
         if head > position {
             let mut transaction = pool.begin().await?;
-            let mut sink = Sink::Insert(&mut transaction);
-            events += replay(pool, &mut sink, &mut state, projections, position, head).await?;
-            flush_accounts(&mut transaction, &mut state, projections).await?;
+            events += catch_up(pool, &mut transaction, &mut state, projections, position, head).await?;
             transaction.commit().await?;
             position = head;
         }
@@ -261,9 +255,7 @@ impl RebuildLease {
             live = live.max(checkpoint::lock(&mut transaction, *projection).await?);
         }
         if live > position {
-            let mut sink = Sink::Insert(&mut transaction);
-            events += replay(pool, &mut sink, &mut state, projections, position, live).await?;
-            flush_accounts(&mut transaction, &mut state, projections).await?;
+            events += catch_up(pool, &mut transaction, &mut state, projections, position, live).await?;
             position = live;
         }
         for projection in projections {
@@ -419,6 +411,30 @@ async fn flush_accounts(
             .await?;
     }
     Ok(())
+}
+
+/// The log's head position now.
+async fn log_head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT position FROM event_store_head")
+        .fetch_one(pool)
+        .await
+}
+
+/// Replays `after+1..=until` into the indexed fresh tables with plain inserts, inside
+/// `connection`'s transaction, and writes the accounts it changed: the catch-ups after
+/// the index builds. Returns the events replayed.
+async fn catch_up(
+    pool: &PgPool,
+    connection: &mut PgConnection,
+    state: &mut FoldState,
+    projections: &[Projection],
+    after: i64,
+    until: i64,
+) -> Result<u64, RebuildError> {
+    let mut sink = Sink::Insert(&mut *connection);
+    let events = replay(pool, &mut sink, state, projections, after, until).await?;
+    flush_accounts(connection, state, projections).await?;
+    Ok(events)
 }
 
 /// Renames the rebuilt table in and drops the old one, keeping index names free of the

@@ -13,7 +13,7 @@ use crate::harness::{Binary, System};
 use crate::nats_cluster::NatsCluster;
 use crate::nginx::Nginx;
 use crate::pg_replica::PgReplicated;
-use crate::workload::{CONVERGENCE_TIMEOUT, wait_for, wait_until_relayed};
+use crate::workload::{CONVERGENCE_TIMEOUT, relay_active, wait_for, wait_until_relayed};
 
 /// The instances of each process, by the names [`System::instance`] takes (the
 /// projectors' are also their `PROJECTOR_INSTANCE_ID`).
@@ -148,12 +148,8 @@ impl LocalCluster {
                 .await?
                 .text()
                 .await?;
-            let gauge = metrics
-                .lines()
-                .find(|line| line.starts_with("relay_active"))
-                .and_then(|line| line.split_whitespace().last());
-            match gauge {
-                Some("1") => holder = Some(name.to_owned()),
+            match relay_active(&metrics) {
+                Some(1.0) => holder = Some(name.to_owned()),
                 Some(_) => {}
                 None => bail!("{name} exports no relay_active gauge"),
             }

@@ -342,6 +342,16 @@ pub fn projection_position(response: &reqwest::Response) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The `relay_active` gauge in a command API's `/metrics` exposition: 1 on the instance
+/// whose relay holds the lock, 0 on a standby; `None` when the gauge is not exported.
+pub fn relay_active(exposition: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with("relay_active{"))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Statuses a careful client retries with the same Idempotency-Key: the server (or the
 /// load balancer in front of it) says it could not serve the request now.
 const RETRIED_STATUSES: [u16; 3] = [502, 503, 504];

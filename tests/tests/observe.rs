@@ -222,16 +222,12 @@ async fn metrics_pass_promtool_and_json_logs_have_stable_fields_and_no_personal_
         );
     }
     // Gauges set at start, before the first scrape, are there: the relay's and the
-    // projection leases of the one instance of each. The relay's is 0 between a failed
-    // round and the next (NATS not yet reached at start, say), so it is asked again.
-    let relay_active = |exposition: &str| {
-        exposition
-            .lines()
-            .any(|line| line.starts_with("relay_active{") && line.ends_with(" 1"))
-    };
+    // projection leases of the one instance of each. The relay's is 0 until the relay
+    // has reached NATS and taken its lock, and between a failed round and the next, so
+    // it is asked again.
     let mut command_api_now = command_api.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !relay_active(&command_api_now) {
+    while tests::workload::relay_active(&command_api_now) != Some(1.0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "command-api lacks relay_active 1:\n{command_api_now}"
